@@ -1,0 +1,69 @@
+// The training loop: builds this rank's model shard from the config and the process grid, then for
+// every step runs the pipeline schedule over the micro-batches, synchronises gradients over data
+// parallel ranks, clips by the global norm, skips non-finite steps, and applies AdamW (optionally as a
+// ZeRO-1 distributed optimizer). Rank 0 prints one line per step and appends to run_dir/metrics.jsonl.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/dcformer.h"
+#include "parallel/process_grid.h"
+#include "runtime/config.h"
+#include "runtime/lr_schedule.h"
+#include "runtime/token_source.h"
+
+namespace dcf {
+
+struct StepResult {
+  int64_t step = 0;
+  double loss = 0, lr = 0, grad_norm = 0;
+  double step_time_s = 0, tokens_per_s = 0;
+  bool skipped = false;
+  double forward_backward_s = 0, pipeline_wait_s = 0, dp_comm_s = 0, optimizer_s = 0, data_s = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(const dcformer::Config& cfg, ProcessGrid& grid);
+  ~Trainer();
+
+  // Runs run.steps steps (or until the schedule ends); returns the per-step results on every rank.
+  std::vector<StepResult> train(const std::function<void(const StepResult&)>& on_step = {});
+  StepResult step();
+
+  DcformerModel& model() { return *model_; }
+  int64_t current_step() const { return step_; }
+  const dcformer::Config& config() const { return cfg_; }
+  // Fault injection for tests: this world rank throws at the given step.
+  void inject_failure(int world_rank, int64_t at_step) {
+    fail_rank_ = world_rank;
+    fail_step_ = at_step;
+  }
+
+ private:
+  void fill_micro_batch(MicroBatch& mb, int mb_index);
+  void sync_gradients();
+  double global_grad_norm();
+  void optimizer_step(double lr, double clip_scale);
+
+  dcformer::Config cfg_;
+  ProcessGrid& grid_;
+  ModelSpec spec_;
+  std::unique_ptr<DcformerModel> model_;
+  std::unique_ptr<TensorParallelOps> tp_ops_;
+  std::unique_ptr<TokenSource> data_;
+  LrSchedule lr_;
+  int64_t step_ = 0;
+  int micro_batches_ = 1, micro_batch_size_ = 1;
+  Tensor adam_m_, adam_v_;   // flat moments (this rank's ZeRO-1 shard when zero1)
+  int skipped_in_a_row_ = 0;
+  int64_t skipped_total_ = 0;
+  int fail_rank_ = -1;
+  int64_t fail_step_ = -1;
+  int64_t zero_begin_ = 0, zero_count_ = 0;  // ZeRO-1 shard of the flat buffers
+  std::vector<std::pair<int64_t, int64_t>> norm_ranges_;  // flat ranges counted in the grad norm on this rank
+};
+
+}  // namespace dcf

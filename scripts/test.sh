@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: install every dependency, fetch the built-in corpus, build, run ctest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/install_deps.sh"
+bash "$root/scripts/setup_default_data.sh"
+bash "$root/scripts/build.sh"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+cd "$root/build"
+ctest --output-on-failure --timeout 900 -j2

@@ -68,9 +68,11 @@ int run_train(const TrainOptions& opt) {
     return kExitBadInput;
   }
   if (!opt.inject_failure.empty()) {
-    auto c = opt.inject_failure.find(':');
-    trainer->inject_failure(std::atoi(opt.inject_failure.substr(0, c).c_str()),
-                            std::atoll(opt.inject_failure.substr(c + 1).c_str()));
+    // RANK:STEP[:throw|kill]
+    auto c1 = opt.inject_failure.find(':'), c2 = opt.inject_failure.find(':', c1 + 1);
+    std::string how = c2 == std::string::npos ? "throw" : opt.inject_failure.substr(c2 + 1);
+    trainer->inject_failure(std::atoi(opt.inject_failure.substr(0, c1).c_str()),
+                            std::atoll(opt.inject_failure.substr(c1 + 1, c2 - c1 - 1).c_str()), how);
   }
   const bool rank0 = mpi.world_rank == 0;
   const std::filesystem::path run_dir = cfg.run().run_dir();
@@ -87,6 +89,9 @@ int run_train(const TrainOptions& opt) {
                  cfg.parallel().micro_batches());
   }
   const bool tty = isatty(fileno(stdout));
+  // A failure past this point is reported and aborts the job right here, before any destructor runs a
+  // collective (communicator frees, MPI_Finalize) that the other ranks would never join.
+  try {
   trainer->train([&](const StepResult& r) {
     if (!rank0) return;
     nlohmann::json j = {{"step", r.step + 1},          {"loss", r.loss},
@@ -102,6 +107,13 @@ int run_train(const TrainOptions& opt) {
       if (tty) std::fflush(stdout);
     }
   });
+  } catch (const DcfError& e) {
+    std::fflush(stdout);
+    return report_fatal(e.what(), e.exit_code());
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    return report_fatal(e.what(), kExitFailure);
+  }
   std::fflush(stdout);
   trainer.reset();
   grid.reset();
@@ -115,7 +127,7 @@ CommandRunner add_train_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("train", "train a model (single process, or under mpirun / srun)");
   sub->add_option("--config", opt->config, "textproto config file (configs/*.textproto)")->required();
   sub->add_option("--set", opt->sets, "override a field: section.field=value (repeatable)");
-  sub->add_option("--inject-failure", opt->inject_failure, "test only: RANK:STEP throws on that rank at that step")
+  sub->add_option("--inject-failure", opt->inject_failure, "test only: RANK:STEP[:throw|kill] fails that rank at that step")
       ->group("");
   return [opt]() { return run_train(*opt); };
 }

@@ -3,6 +3,7 @@
 #include "runtime/trainer.h"
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 
 #include "parallel/pipeline.h"
@@ -164,6 +165,7 @@ void Trainer::optimizer_step(double lr, double clip_scale) {
 }
 
 StepResult Trainer::step() {
+  if (fail_rank_ == grid_.world_rank() && fail_step_ == step_ && fail_how_ == "kill") raise(SIGKILL);
   if (fail_rank_ == grid_.world_rank() && fail_step_ == step_)
     throw DcfError("injected failure on rank " + std::to_string(fail_rank_) + " at step " + std::to_string(step_));
   StepResult r;

@@ -36,10 +36,12 @@ class Trainer {
   DcformerModel& model() { return *model_; }
   int64_t current_step() const { return step_; }
   const dcformer::Config& config() const { return cfg_; }
-  // Fault injection for tests: this world rank throws at the given step.
-  void inject_failure(int world_rank, int64_t at_step) {
+  // Fault injection for tests: this world rank fails at the given step, by throwing ("throw") or by
+  // dying at once without any cleanup ("kill": SIGKILL to itself).
+  void inject_failure(int world_rank, int64_t at_step, std::string how = "throw") {
     fail_rank_ = world_rank;
     fail_step_ = at_step;
+    fail_how_ = std::move(how);
   }
 
  private:
@@ -62,6 +64,7 @@ class Trainer {
   int64_t skipped_total_ = 0;
   int fail_rank_ = -1;
   int64_t fail_step_ = -1;
+  std::string fail_how_;
   int64_t zero_begin_ = 0, zero_count_ = 0;  // ZeRO-1 shard of the flat buffers
   std::vector<std::pair<int64_t, int64_t>> norm_ranges_;  // flat ranges counted in the grad norm on this rank
 };

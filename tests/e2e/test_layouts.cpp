@@ -23,7 +23,7 @@ std::string common_args(const fs::path& dir) {
   std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
   // The config file itself serves as a small byte-token corpus: the test needs no setup.
   return " train --config " + cfg + " --set data.train_path=" + cfg +
-         " --set run.steps=6 --set run.global_batch=8 --set parallel.micro_batches=4 --set schedule.warmup_steps=2"
+         " --set run.steps=10 --set run.global_batch=8 --set parallel.micro_batches=4 --set schedule.warmup_steps=2"
          " --set optimizer.lr=1e-2 --set run.run_dir=" + dir.string();
 }
 
@@ -54,7 +54,7 @@ class Layouts : public ::testing::TestWithParam<Layout> {};
 
 TEST_P(Layouts, MatchSingleProcess) {
   const auto& ref = reference();
-  ASSERT_EQ(ref.size(), 6u);
+  ASSERT_EQ(ref.size(), 10u);
   auto got = run_layout(GetParam());
   ASSERT_EQ(got.size(), ref.size());
   double worst = 0;

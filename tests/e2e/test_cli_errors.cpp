@@ -17,6 +17,8 @@ struct Case {
   std::string file_text;  // when set, written to a config file passed as --config
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 class CliErrors : public ::testing::TestWithParam<Case> {};
 
 // A valid command (the tiny config, reading its own config file as byte tokens) plus the case's arguments.

@@ -202,7 +202,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   s.x_mid = x.clone();
   Tensor attn_out = new_tensor({R, E});
   matmul(s.o.view({R, HD}), false, L.wo->value.view({HD, E}), false, attn_out);
-  tp_all_reduce(attn_out);
+  reduce_from_tp(attn_out);
   add_(s.x_mid, attn_out);
   // MLP sub-layer
   s.h2 = new_tensor({R, E});
@@ -217,7 +217,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   out = s.x_mid.clone();
   Tensor mlp_out = new_tensor({R, E});
   matmul(s.act, false, L.w_down->value, false, mlp_out);
-  tp_all_reduce(mlp_out);
+  reduce_from_tp(mlp_out);
   add_(out, mlp_out);
 }
 
@@ -237,7 +237,7 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
   matmul(dup, false, L.w_up->value, true, dh2, 1.0, 1.0);
   matmul(s.h2, true, dgate, false, L.w_gate->grad, 1.0, 1.0);
   matmul(s.h2, true, dup, false, L.w_up->grad, 1.0, 1.0);
-  tp_all_reduce(dh2);
+  copy_to_tp_backward(dh2);
   Tensor dxm = new_tensor({R, E});
   rmsnorm_backward(dh2, s.x_mid, L.mlp_norm->value, s.rstd2, dxm, &L.mlp_norm->grad);
   add_(dx, dxm);  // dx is now d x_mid
@@ -255,7 +255,7 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
   DcmhaShape cs = core_shape(L, B);
   if (tp_ && tp_->size() > 1) {
     tp_->dcmha_core_backward(cs, s.q, s.k, s.v, s.dw, d_o, dq, dk, dv, ddw);
-    if (spec_.compose) tp_->all_reduce_sum(ddw);  // each rank holds the partial of its query rows
+    if (spec_.compose) sum_tp_partials(ddw);  // each rank holds the partial of its query rows
   } else {
     dcmha_backward(cs, s.q, s.k, s.v, s.dw, d_o, dq, dk, dv, ddw);
   }
@@ -268,8 +268,8 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
     Tensor gq = new_zeros({D}), gk = new_zeros({D});
     rmsnorm_backward(dq, s.q_raw, L.q_norm->value, s.q_rstd, dqr, &gq);
     rmsnorm_backward(dk, s.k_raw, L.k_norm->value, s.k_rstd, dkr, &gk);
-    tp_all_reduce(gq);  // the shared scale sees only this rank's heads
-    tp_all_reduce(gk);
+    sum_tp_partials(gq);  // the shared scale sees only this rank's heads
+    sum_tp_partials(gk);
     add_(L.q_norm->grad, gq);
     add_(L.k_norm->grad, gk);
     dq = dqr;
@@ -284,7 +284,7 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
   matmul(s.h1, true, dq.view({R, HD}), false, gwq, 1.0, 1.0);
   matmul(s.h1, true, dk.view({R, HD}), false, gwk, 1.0, 1.0);
   matmul(s.h1, true, dv.view({R, HD}), false, gwv, 1.0, 1.0);
-  tp_all_reduce(dh1);
+  copy_to_tp_backward(dh1);
   // Dynamic-weight projection (replicated; ddw is complete here, so its dh1 part is added after the reduce)
   if (spec_.compose) {
     Tensor dy = new_tensor({R, kC, 2 * I, N}), dz = new_tensor({R, kC, N});
@@ -320,7 +320,7 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
     DCF_CHECK(mb.ids.numel() == R, "micro-batch ids ", mb.ids.desc(), " for B=", B, " T=", T);
     x = new_tensor({R, E});
     embedding_forward(embed_->value, mb.ids, x, shard_.tp_rank * (spec_.vocab / shard_.tp_size));
-    tp_all_reduce(x);
+    reduce_from_tp(x);  // vocab-parallel embedding: rows outside the shard are 0
   } else {
     DCF_CHECK(x_in && x_in->numel() == R * E, "stage input");
     x = *x_in;
@@ -348,8 +348,8 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
   if (tp_) tp_->all_reduce_max(mx);
   ce_row_sumexp(mb.logits, mx, sum);
   ce_target_logit(mb.logits, mb.targets, voff, tgt);
-  tp_all_reduce(sum);
-  tp_all_reduce(tgt);
+  sum_tp_partials(sum);
+  sum_tp_partials(tgt);
   // lse and the loss are tiny [R] vectors: finish them on the host.
   Tensor mx_h = mx.to(Device::cpu()), sum_h = sum.to(Device::cpu()), tgt_h = tgt.to(Device::cpu());
   Tensor lse_h = Tensor::empty({R}, dtype_);
@@ -379,7 +379,7 @@ void DcformerModel::backward(MicroBatch& mb, const Tensor* dx_out, Tensor* dx_in
     Tensor dhf = new_tensor({R, E});
     matmul(dlogits, false, head_->value, true, dhf);
     matmul(mb.hf, true, dlogits, false, head_->grad, 1.0, 1.0);
-    tp_all_reduce(dhf);
+    copy_to_tp_backward(dhf);
     dx = new_tensor({R, E});
     rmsnorm_backward(dhf, mb.xf, final_norm_->value, mb.rstd_f, dx, &final_norm_->grad);
     mb.logits = mb.hf = mb.xf = Tensor();

@@ -66,8 +66,15 @@ class DcformerModel {
   DcmhaShape core_shape(const LayerRefs& L, int64_t B) const;
   Tensor new_tensor(const Shape& s) const { return Tensor::empty(s, dtype_, dev_); }
   Tensor new_zeros(const Shape& s) const { return Tensor::zeros(s, dtype_, dev_); }
-  void tp_all_reduce(Tensor& t) {
-    if (tp_) tp_->all_reduce_sum(t);
+  // Megatron's mappings by name (no-ops without tensor parallelism).
+  void reduce_from_tp(Tensor& t) {
+    if (tp_) tp_->reduce_from_tp_forward(t);
+  }
+  void copy_to_tp_backward(Tensor& t) {
+    if (tp_) tp_->copy_to_tp_backward(t);
+  }
+  void sum_tp_partials(Tensor& t) {
+    if (tp_) tp_->sum_partials(t);
   }
 
   ModelSpec spec_;

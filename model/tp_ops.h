@@ -11,8 +11,13 @@ class TensorParallelOps {
   virtual ~TensorParallelOps() = default;
   virtual int size() const = 0;
   virtual int rank() const = 0;
-  // reduce_from_tp forward / copy_to_tp backward.
-  virtual void all_reduce_sum(Tensor& t) = 0;
+  // Row-parallel output (wo, w_down, vocab-parallel embedding): partial sums -> full activation.
+  virtual void reduce_from_tp_forward(Tensor& t) = 0;
+  // Gradient of an activation that entered column-parallel layers: sum the ranks' contributions.
+  virtual void copy_to_tp_backward(Tensor& t) = 0;
+  // Sums per-rank partial results that are not activations (vocab-parallel softmax sums, partial
+  // gradients of replicated parameters).
+  virtual void sum_partials(Tensor& t) = 0;
   virtual void all_reduce_max(Tensor& t) = 0;
   // DCMHA's query-sharded core (architecture.md §4): exchanges q/k/v from heads to query rows, runs the
   // core on this rank's rows, and brings the output back to heads. Implemented in parallel/.

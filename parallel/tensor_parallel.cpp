@@ -1,6 +1,8 @@
 // TensorParallelOps over a Communicator. Packing between [B, T, heads, D] layouts is done on the host.
 #include "parallel/tensor_parallel.h"
 
+#include "parallel/mappings.h"
+
 #include <cstring>
 
 namespace dcf {
@@ -38,7 +40,9 @@ class TensorParallel : public TensorParallelOps {
   explicit TensorParallel(Communicator& c) : comm_(c) {}
   int size() const override { return comm_.size(); }
   int rank() const override { return comm_.rank(); }
-  void all_reduce_sum(Tensor& t) override { comm_.all_reduce(t, ReduceOp::sum); }
+  void reduce_from_tp_forward(Tensor& t) override { dcf::reduce_from_tp_forward(t, comm_); }
+  void copy_to_tp_backward(Tensor& t) override { dcf::copy_to_tp_backward(t, comm_); }
+  void sum_partials(Tensor& t) override { comm_.all_reduce(t, ReduceOp::sum); }
   void all_reduce_max(Tensor& t) override { comm_.all_reduce(t, ReduceOp::max); }
 
   void dcmha_core_forward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,

@@ -180,6 +180,11 @@ struct CoreCase {
   bool compose;
 };
 
+void PrintTo(const CoreCase& c, std::ostream* os) {
+  *os << "B" << c.B << "_T" << c.T << "_S" << c.S << "_N" << c.N << "_D" << c.D << "_q0" << c.q_pos0 << "_W" << c.window
+      << (c.compose ? "_compose" : "_plain");
+}
+
 class DcmhaFiniteDiff : public ::testing::TestWithParam<CoreCase> {};
 
 TEST_P(DcmhaFiniteDiff, AllInputs) {

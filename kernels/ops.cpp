@@ -75,6 +75,24 @@ void gemm_ex(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, co
                                 c.data<T>() + c_off, ldc));
 }
 
+void cast(const Tensor& src, Tensor& dst) {
+  DCF_CHECK(src.numel() == dst.numel() && src.device() == dst.device(), "cast ", src.desc(), " -> ", dst.desc());
+  if (src.dtype() == dst.dtype()) {
+    dst.copy_from(src);
+    return;
+  }
+  DCF_DISPATCH_CUDA(src, cast, src, dst);
+  const int64_t n = src.numel();
+  if (src.dtype() == DType::f32 && dst.dtype() == DType::f64) {
+    for (int64_t i = 0; i < n; ++i) dst.data<double>()[i] = src.data<float>()[i];
+  } else if (src.dtype() == DType::f64 && dst.dtype() == DType::f32) {
+    for (int64_t i = 0; i < n; ++i) dst.data<float>()[i] = float(src.data<double>()[i]);
+  } else {
+    throw DcfError(std::string("cast on the CPU: ") + dtype_name(src.dtype()) + " -> " + dtype_name(dst.dtype()) +
+                   " not supported");
+  }
+}
+
 void add_(Tensor& y, const Tensor& x, double alpha) {
   DCF_CHECK(y.numel() == x.numel() && y.dtype() == x.dtype(), "add_ ", y.desc(), " += ", x.desc());
   DCF_DISPATCH_CUDA(y, add_, y, x, alpha);

@@ -20,6 +20,9 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double
 // Threads the CPU GEMM may use (several MPI ranks on one node each take one).
 void set_cpu_gemm_threads(int n);
 
+// ---- dtype conversion between float tensors (f32, f64, bf16) of equal numel on one device.
+void cast(const Tensor& src, Tensor& dst);
+
 // ---- elementwise helpers
 void add_(Tensor& y, const Tensor& x, double alpha = 1.0);  // y += alpha * x
 void scale_(Tensor& y, double s);                           // y *= s

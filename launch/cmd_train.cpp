@@ -13,6 +13,7 @@
 #include "launch/mpi_env.h"
 #include "runtime/config.h"
 #include "runtime/trainer.h"
+#include "monitoring/training_monitor.h"
 
 namespace dcf {
 
@@ -28,14 +29,47 @@ struct TrainOptions {
   std::string config;
   std::vector<std::string> sets;
   std::string inject_failure;  // "RANK:STEP", test-only
+  std::string resume;          // "auto" or a checkpoint path (checkpoint/checkpoint.h)
 };
 
-std::string progress_line(const StepResult& r, int64_t total) {
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "step %6lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | %.3f s%s",
-                (long long)(r.step + 1), (long long)total, r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.step_time_s,
-                r.skipped ? " | skipped (non-finite)" : "");
-  return buf;
+// Monitoring (monitoring/training_monitor.h): exporter, metrics.jsonl, progress line.
+MonitorOptions monitor_options(const dcformer::Config& cfg) {
+  MonitorOptions o;
+  o.listen_address = cfg.monitoring().listen_address().empty() ? "127.0.0.1" : cfg.monitoring().listen_address();
+  o.port = cfg.monitoring().port();
+  o.log_every = cfg.monitoring().log_every();
+  o.peak_flops_per_device = cfg.monitoring().peak_flops_per_device();
+  o.progress = int(cfg.monitoring().progress());
+  o.total_steps = cfg.run().steps();
+  o.tokens_per_step = int64_t(cfg.run().global_batch()) * cfg.model().seq_len();
+  o.train_flops_per_token = 3.0 * model_spec_from_config(cfg).forward_flops_per_token();
+  o.gpu = cfg.run().device() == dcformer::RunConfig::CUDA;
+  o.checkpoint_every_steps = cfg.checkpoint().every_steps();
+  o.metrics_path = (std::filesystem::path(cfg.run().run_dir()) / "metrics.jsonl").string();
+  o.model_name = cfg.model().kind() == dcformer::ModelConfig::DCFORMER ? "DCFormer++" : "Transformer++";
+  return o;
+}
+
+StepMetrics step_metrics(const StepResult& r) {
+  StepMetrics m;
+  m.step = r.step;
+  m.loss = r.loss;
+  m.lr = r.lr;
+  m.grad_norm = r.grad_norm;
+  m.skipped = r.skipped;
+  m.step_time_s = r.step_time_s;
+  m.tokens_per_s = r.tokens_per_s;
+  m.forward_s = r.forward_s;
+  m.backward_s = r.backward_s;
+  m.tp_comm_s = r.tp_comm_s;
+  m.pipeline_wait_s = r.pipeline_wait_s;
+  m.dp_comm_s = r.dp_comm_s;
+  m.optimizer_s = r.optimizer_s;
+  m.data_wait_s = r.data_s;
+  m.data_queue_depth = r.data_queue_depth;
+  m.device_memory_bytes = r.device_memory_bytes;
+  m.device_memory_peak_bytes = r.device_memory_peak_bytes;
+  return m;
 }
 
 int run_train(const TrainOptions& opt) {
@@ -54,6 +88,7 @@ int run_train(const TrainOptions& opt) {
   if (mpi.world_size > 1 && !std::getenv("OPENBLAS_NUM_THREADS")) set_cpu_gemm_threads(1);
   std::unique_ptr<ProcessGrid> grid;
   std::unique_ptr<Trainer> trainer;
+  std::unique_ptr<TrainingMonitor> monitor;
   try {
     validate_config(cfg, mpi.world_size);
     GridShape gs{cfg.parallel().tp(), mpi.world_size / (cfg.parallel().tp() * cfg.parallel().pp()),
@@ -63,6 +98,7 @@ int run_train(const TrainOptions& opt) {
                        " must be divisible by 2*tp for the query-sharded DCMHA core");
     grid = std::make_unique<ProcessGrid>(MPI_COMM_WORLD, gs);
     trainer = std::make_unique<Trainer>(cfg, *grid);
+    monitor = std::make_unique<TrainingMonitor>(monitor_options(cfg), *grid);
   } catch (const InputError& e) {
     if (mpi.world_rank == 0) std::fprintf(stderr, "dcformer: error: %s\n", e.what());
     return kExitBadInput;
@@ -74,47 +110,41 @@ int run_train(const TrainOptions& opt) {
     trainer->inject_failure(std::atoi(opt.inject_failure.substr(0, c1).c_str()),
                             std::atoll(opt.inject_failure.substr(c1 + 1, c2 - c1 - 1).c_str()), how);
   }
+  if (!opt.resume.empty()) {
+    // A damaged checkpoint may be seen by one rank only: report_fatal ends the whole job (exit 2).
+    try {
+      trainer->resume(opt.resume);
+    } catch (const DcfError& e) {
+      return report_fatal(e.what(), e.exit_code());
+    }
+  }
   const bool rank0 = mpi.world_rank == 0;
   const std::filesystem::path run_dir = cfg.run().run_dir();
-  std::ofstream metrics;
   if (rank0) {
     std::filesystem::create_directories(run_dir);
     std::ofstream(run_dir / "config.textproto") << config_to_text(cfg);
-    metrics.open(run_dir / "metrics.jsonl", std::ios::app);
-    if (!metrics) throw InputError("run.run_dir: cannot write " + (run_dir / "metrics.jsonl").string());
     const auto& g = grid->shape();
     std::fprintf(stderr, "dcformer: %s, %lld parameters, world %d = tp %d x dp %d x pp %d, %d micro-batches/step\n",
                  cfg.model().kind() == dcformer::ModelConfig::DCFORMER ? "DCFormer++" : "Transformer++",
                  (long long)model_spec_from_config(cfg).param_count(), g.world(), g.tp, g.dp, g.pp,
                  cfg.parallel().micro_batches());
   }
-  const bool tty = isatty(fileno(stdout));
   // A failure past this point is reported and aborts the job right here, before any destructor runs a
   // collective (communicator frees, MPI_Finalize) that the other ranks would never join.
   try {
-  trainer->train([&](const StepResult& r) {
-    if (!rank0) return;
-    nlohmann::json j = {{"step", r.step + 1},          {"loss", r.loss},
-                        {"lr", r.lr},                  {"grad_norm", r.grad_norm},
-                        {"tokens_per_s", r.tokens_per_s}, {"step_time_s", r.step_time_s},
-                        {"skipped", r.skipped},        {"forward_backward_s", r.forward_backward_s},
-                        {"pipeline_wait_s", r.pipeline_wait_s}, {"dp_comm_s", r.dp_comm_s},
-                        {"optimizer_s", r.optimizer_s}, {"data_s", r.data_s}};
-    metrics << j.dump() << "\n";
-    metrics.flush();
-    if ((r.step + 1) % cfg.monitoring().log_every() == 0 || r.step + 1 == cfg.run().steps()) {
-      std::printf("%s\n", progress_line(r, cfg.run().steps()).c_str());
-      if (tty) std::fflush(stdout);
-    }
-  });
+  trainer->train([&](const StepResult& r) { monitor->on_step(step_metrics(r)); });
   } catch (const DcfError& e) {
+    monitor->finish();
     std::fflush(stdout);
     return report_fatal(e.what(), e.exit_code());
   } catch (const std::exception& e) {
+    monitor->finish();
     std::fflush(stdout);
     return report_fatal(e.what(), kExitFailure);
   }
+  monitor->finish();
   std::fflush(stdout);
+  monitor.reset();
   trainer.reset();
   grid.reset();
   return 0;
@@ -129,6 +159,9 @@ CommandRunner add_train_command(CLI::App& app) {
   sub->add_option("--set", opt->sets, "override a field: section.field=value (repeatable)");
   sub->add_option("--inject-failure", opt->inject_failure, "test only: RANK:STEP[:throw|kill] fails that rank at that step")
       ->group("");
+  sub->add_option("--resume", opt->resume,
+                  "continue from a checkpoint: 'auto' (the newest under checkpoint.dir; none: start fresh), a "
+                  "checkpoint directory, or a checkpoint root (its `latest`)");
   return [opt]() { return run_train(*opt); };
 }
 

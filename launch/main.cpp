@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all");
   dcf::CommandRunner train = dcf::add_train_command(app);
   dcf::CommandRunner preprocess = dcf::add_preprocess_command(app);
+  dcf::CommandRunner bench = dcf::add_bench_command(app);
+  dcf::CommandRunner ckpt = dcf::add_ckpt_command(app);
+  dcf::CommandRunner eval = dcf::add_eval_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -29,6 +32,9 @@ int main(int argc, char** argv) {
   dcf::CommandRunner run;
   if (app.got_subcommand("train")) run = train;
   if (app.got_subcommand("preprocess")) run = preprocess;
+  if (app.got_subcommand("bench")) run = bench;
+  if (app.got_subcommand("ckpt")) run = ckpt;
+  if (app.got_subcommand("eval")) run = eval;
   try {
     return run();
   } catch (const dcf::DcfError& e) {

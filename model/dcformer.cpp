@@ -1,7 +1,9 @@
 // DCFormer++ layers: forward and backward side by side, in the order of dcmha.md §1.4 and §3.
 #include "model/dcformer.h"
 
+#include <atomic>
 #include <cmath>
+#include <thread>
 
 namespace dcf {
 
@@ -105,13 +107,36 @@ Param* DcformerModel::find(const std::string& name) {
   return nullptr;
 }
 
-void DcformerModel::init(uint64_t seed) {
-  for (auto& p : params_) {
-    Tensor host = Tensor::empty(p.local_shape, dtype_);
-    Param hp = p;
-    hp.value = host;
-    init_param(hp, seed);
-    p.value.copy_from(host);
+Tensor DcformerModel::initial_values(uint64_t seed, DType dtype) const {
+  DCF_CHECK(dtype == DType::f32 || dtype == DType::f64, "initial values in f32 or f64");
+  Tensor flat = Tensor::empty({flat_values_.numel()}, dtype);
+  // Every element is an independent draw, so the parameters are filled by several threads.
+  std::atomic<size_t> next{0};
+  auto work = [&]() {
+    for (size_t i; (i = next.fetch_add(1)) < params_.size();) {
+      Param hp = params_[i];
+      hp.value = flat.flat_range(offsets_[i], shape_numel(hp.local_shape)).view(hp.local_shape);
+      init_param(hp, seed);
+    }
+  };
+  std::vector<std::thread> pool;
+  const unsigned n = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+  for (unsigned t = 1; t < n; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  return flat;
+}
+
+void DcformerModel::init(uint64_t seed) { init_from(initial_values(seed, dtype_ == DType::f64 ? DType::f64 : DType::f32)); }
+
+void DcformerModel::init_from(const Tensor& host) {
+  const DType host_dt = host.dtype();
+  DCF_CHECK(host.numel() == flat_values_.numel(), "init_from: ", host.desc(), " for ", flat_values_.desc());
+  if (dtype_ == host_dt) {
+    flat_values_.copy_from(host);
+  } else {
+    Tensor dev = host.to(dev_);
+    cast(dev, flat_values_);
   }
 }
 
@@ -147,7 +172,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   s.x_in = x;
   // Attention sub-layer: h1 = RMSNorm(x)
   s.h1 = new_tensor({R, E});
-  s.rstd1 = new_tensor({R});
+  s.rstd1 = new_stat({R});
   rmsnorm_forward(x, L.attn_norm->value, s.h1, s.rstd1, spec_.norm_eps);
   // q, k, v projections (column-parallel by heads)
   auto proj = [&](Param* w) {
@@ -163,8 +188,8 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
     s.k_raw = k;
     s.q = new_tensor({B, T, Nl, D});
     s.k = new_tensor({B, T, Nl, D});
-    s.q_rstd = new_tensor({R * Nl});
-    s.k_rstd = new_tensor({R * Nl});
+    s.q_rstd = new_stat({R * Nl});
+    s.k_rstd = new_stat({R * Nl});
     rmsnorm_forward(q, L.q_norm->value, s.q, s.q_rstd, spec_.qk_norm_eps);
     rmsnorm_forward(k, L.k_norm->value, s.k, s.k_rstd, spec_.qk_norm_eps);
   } else {
@@ -188,7 +213,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
     Tensor z2 = s.z.view({R, kC * N});
     matmul(s.h1, false, L.wg->value.view({E, kC * N}), false, z2);
     s.dw = new_tensor({B, T, kC, 2 * I + 1, N});
-    s.read_rms = new_tensor({R, kC, I});
+    s.read_rms = new_stat({R, kC, I});
     dynw_finalize_forward(s.y, s.z, s.dw, s.read_rms, I, 1e-6);
   }
   // Attention core
@@ -206,7 +231,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   add_(s.x_mid, attn_out);
   // MLP sub-layer
   s.h2 = new_tensor({R, E});
-  s.rstd2 = new_tensor({R});
+  s.rstd2 = new_stat({R});
   rmsnorm_forward(s.x_mid, L.mlp_norm->value, s.h2, s.rstd2, spec_.norm_eps);
   s.gate = new_tensor({R, Fl});
   s.up = new_tensor({R, Fl});
@@ -318,6 +343,7 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
   Tensor x;
   if (shard_.has_embedding) {
     DCF_CHECK(mb.ids.numel() == R, "micro-batch ids ", mb.ids.desc(), " for B=", B, " T=", T);
+    if (!(mb.ids.device() == dev_)) mb.ids = mb.ids.to(dev_);
     x = new_tensor({R, E});
     embedding_forward(embed_->value, mb.ids, x, shard_.tp_rank * (spec_.vocab / shard_.tp_size));
     reduce_from_tp(x);  // vocab-parallel embedding: rows outside the shard are 0
@@ -336,14 +362,15 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
     return;
   }
   // Final norm, vocab-parallel head and cross-entropy (full logits are never gathered).
+  if (!(mb.targets.device() == dev_)) mb.targets = mb.targets.to(dev_);
   const int64_t Vl = spec_.vocab / shard_.tp_size, voff = shard_.tp_rank * Vl;
   mb.xf = x;
   mb.hf = new_tensor({R, E});
-  mb.rstd_f = new_tensor({R});
+  mb.rstd_f = new_stat({R});
   rmsnorm_forward(x, final_norm_->value, mb.hf, mb.rstd_f, spec_.norm_eps);
   mb.logits = new_tensor({R, Vl});
   matmul(mb.hf, false, head_->value, false, mb.logits);
-  Tensor mx = new_tensor({R}), sum = new_tensor({R}), tgt = new_tensor({R});
+  Tensor mx = new_stat({R}), sum = new_stat({R}), tgt = new_stat({R});
   ce_row_max(mb.logits, mx);
   if (tp_) tp_->all_reduce_max(mx);
   ce_row_sumexp(mb.logits, mx, sum);
@@ -352,14 +379,15 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
   sum_tp_partials(tgt);
   // lse and the loss are tiny [R] vectors: finish them on the host.
   Tensor mx_h = mx.to(Device::cpu()), sum_h = sum.to(Device::cpu()), tgt_h = tgt.to(Device::cpu());
-  Tensor lse_h = Tensor::empty({R}, dtype_);
+  const DType st = stat_dtype();
+  Tensor lse_h = Tensor::empty({R}, st);
   double loss = 0;
   for (int64_t r = 0; r < R; ++r) {
-    double m = dtype_ == DType::f32 ? mx_h.data<float>()[r] : mx_h.data<double>()[r];
-    double sm = dtype_ == DType::f32 ? sum_h.data<float>()[r] : sum_h.data<double>()[r];
-    double tg = dtype_ == DType::f32 ? tgt_h.data<float>()[r] : tgt_h.data<double>()[r];
+    double m = st == DType::f32 ? mx_h.data<float>()[r] : mx_h.data<double>()[r];
+    double sm = st == DType::f32 ? sum_h.data<float>()[r] : sum_h.data<double>()[r];
+    double tg = st == DType::f32 ? tgt_h.data<float>()[r] : tgt_h.data<double>()[r];
     double lse = m + std::log(sm);
-    if (dtype_ == DType::f32)
+    if (st == DType::f32)
       lse_h.data<float>()[r] = float(lse);
     else
       lse_h.data<double>()[r] = lse;

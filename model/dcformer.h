@@ -39,6 +39,12 @@ class DcformerModel {
   Param* find(const std::string& name);
   void set_tp(TensorParallelOps* tp) { tp_ = tp; }
   void init(uint64_t seed);
+  void init_from(const Tensor& host_values);  // flat host values (f32 or f64), cast to the compute dtype
+  // The initial values of this shard's flat buffer on the host, in f32 (or f64): what init() stores,
+  // before any rounding to a narrower compute dtype (the fp32 master weights start from these).
+  Tensor initial_values(uint64_t seed, DType dtype) const;
+  DType dtype() const { return dtype_; }
+  Device device() const { return dev_; }
   void zero_grads();
   // Every parameter's value and gradient are views into these flat buffers (optimizer, DP sync, ZeRO-1).
   Tensor& flat_values() { return flat_values_; }
@@ -66,6 +72,9 @@ class DcformerModel {
   DcmhaShape core_shape(const LayerRefs& L, int64_t B) const;
   Tensor new_tensor(const Shape& s) const { return Tensor::empty(s, dtype_, dev_); }
   Tensor new_zeros(const Shape& s) const { return Tensor::zeros(s, dtype_, dev_); }
+  // Statistics (norm rstd, softmax sums) stay in fp32 when activations are bf16.
+  DType stat_dtype() const { return dtype_ == DType::f64 ? DType::f64 : DType::f32; }
+  Tensor new_stat(const Shape& s) const { return Tensor::empty(s, stat_dtype(), dev_); }
   // Megatron's mappings by name (no-ops without tensor parallelism).
   void reduce_from_tp(Tensor& t) {
     if (tp_) tp_->reduce_from_tp_forward(t);

@@ -1,5 +1,8 @@
 // Splits the world communicator into the tp, dp, pp and per-stage groups.
 #include "parallel/process_grid.h"
+#ifdef DCF_WITH_CUDA
+#include "parallel/nccl_communicator.h"
+#endif
 
 namespace dcf {
 
@@ -24,6 +27,24 @@ ProcessGrid::ProcessGrid(MPI_Comm world, GridShape shape) : shape_(shape) {
   dp_ = split(pp_rank_ * shape.tp + tp_rank_, dp_rank_, "dp");
   pp_ = split(dp_rank_ * shape.tp + tp_rank_, pp_rank_, "pp");
   dp_tp_ = split(pp_rank_, dp_rank_ * shape.tp + tp_rank_, "stage");
+}
+
+std::vector<std::string> ProcessGrid::use_device_communicators(int device) {
+  std::vector<std::string> nccl_groups;
+#ifdef DCF_WITH_CUDA
+  std::pair<std::unique_ptr<MpiCommunicator>*, std::unique_ptr<Communicator>*> groups[] = {
+      {&world_, &world_dev_}, {&tp_, &tp_dev_}, {&dp_, &dp_dev_}, {&pp_, &pp_dev_}, {&dp_tp_, &dp_tp_dev_}};
+  for (auto [mpi, dev] : groups) {
+    // Collective over the group: every member reaches the same decision.
+    if ((*mpi)->size() > 1 && ranks_have_distinct_gpus(**mpi, device)) {
+      *dev = make_nccl_communicator(**mpi, device);
+      nccl_groups.push_back((*mpi)->name());
+    }
+  }
+#else
+  (void)device;
+#endif
+  return nccl_groups;
 }
 
 }  // namespace dcf

@@ -3,6 +3,8 @@
 // so a tensor-parallel group sits on one node. Each group is its own communicator.
 #pragma once
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "parallel/mpi_communicator.h"
 
@@ -26,11 +28,16 @@ class ProcessGrid {
   bool first_stage() const { return pp_rank_ == 0; }
   bool last_stage() const { return pp_rank_ == shape_.pp - 1; }
 
-  Communicator& world() { return *world_; }
-  Communicator& tp() { return *tp_; }
-  Communicator& dp() { return *dp_; }
-  Communicator& pp() { return *pp_; }       // ranks with the same (dp, tp), ordered by stage
-  Communicator& dp_tp() { return *dp_tp_; }  // all ranks of one pipeline stage
+  Communicator& world() { return pick(world_, world_dev_); }
+  Communicator& tp() { return pick(tp_, tp_dev_); }
+  Communicator& dp() { return pick(dp_, dp_dev_); }
+  Communicator& pp() { return pick(pp_, pp_dev_); }          // ranks with the same (dp, tp), ordered by stage
+  Communicator& dp_tp() { return pick(dp_tp_, dp_tp_dev_); }  // all ranks of one pipeline stage
+
+  // GPU runs: every group whose ranks drive distinct GPUs moves GPU tensors through NCCL; groups
+  // whose ranks share a GPU keep the MPI path, staging through host memory. Returns the names of the
+  // groups that use NCCL.
+  std::vector<std::string> use_device_communicators(int device);
 
   static int rank_of(const GridShape& s, int tp_idx, int dp_idx, int pp_idx) {
     return (pp_idx * s.dp + dp_idx) * s.tp + tp_idx;
@@ -40,6 +47,10 @@ class ProcessGrid {
   GridShape shape_;
   int world_rank_ = 0, tp_rank_ = 0, dp_rank_ = 0, pp_rank_ = 0;
   std::unique_ptr<MpiCommunicator> world_, tp_, dp_, pp_, dp_tp_;
+  std::unique_ptr<Communicator> world_dev_, tp_dev_, dp_dev_, pp_dev_, dp_tp_dev_;
+  static Communicator& pick(const std::unique_ptr<MpiCommunicator>& m, const std::unique_ptr<Communicator>& d) {
+    return d ? *d : *m;
+  }
 };
 
 }  // namespace dcf

@@ -35,6 +35,28 @@ void move_block(const Tensor& big, int64_t B, int64_t Tb, int64_t Nb, int64_t D,
     }
 }
 
+// Device tensors are exchanged through host memory (the path for ranks that share one GPU; with one
+// GPU per rank and NCCL the same exchange runs on the device): host32 stages a copy as fp32 on the
+// host, like_ref brings a host result back to the reference tensor's device and dtype.
+Tensor host32(const Tensor& t) {
+  if (t.device().is_cpu() && t.dtype() == DType::f32) return t;
+  Tensor f = t;
+  if (t.dtype() != DType::f32) {
+    f = Tensor::empty(t.shape(), DType::f32, t.device());
+    cast(t, f);
+  }
+  return f.to(Device::cpu());
+}
+
+Tensor like_ref(const Tensor& host, const Tensor& ref) {
+  if (ref.device().is_cpu() && ref.dtype() == DType::f32) return host;
+  Tensor d = host.to(ref.device());
+  if (ref.dtype() == DType::f32) return d;
+  Tensor o = Tensor::empty(host.shape(), ref.dtype(), ref.device());
+  cast(d, o);
+  return o;
+}
+
 class TensorParallel : public TensorParallelOps {
  public:
   explicit TensorParallel(Communicator& c) : comm_(c) {}
@@ -48,35 +70,45 @@ class TensorParallel : public TensorParallelOps {
   void dcmha_core_forward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                           Tensor& o) override {
     Exchange x = gather_inputs(s, q, k, v);
+    Tensor kf = like_ref(x.kf, q), vf = like_ref(x.vf, q);
     for (int blk = 0; blk < 2; ++blk) {
       DcmhaShape bs = block_shape(s, x, blk);
-      dcmha_forward(bs, x.q[blk], x.kf, x.vf, dw, x.o[blk]);
+      Tensor ob = like_ref(x.o[blk], q);
+      dcmha_forward(bs, like_ref(x.q[blk], q), kf, vf, dw, ob);
+      x.o[blk] = host32(ob);
     }
-    rows_to_heads(s, x, x.o, o, false);
+    Tensor oh = Tensor::empty(o.shape(), DType::f32);
+    rows_to_heads(s, x, x.o, oh, false);
+    o.copy_from(like_ref(oh, o));
   }
 
   void dcmha_core_backward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                            const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw) override {
     Exchange x = gather_inputs(s, q, k, v);
     Tensor dob[2];
-    heads_to_rows(s, x, dout, dob);
+    heads_to_rows(s, x, host32(dout), dob);
     const int64_t P = size(), N = s.N * P, Tb = x.z.block_rows;
-    Tensor dkf = Tensor::zeros({s.B, s.S, N, s.D}), dvf = Tensor::zeros({s.B, s.S, N, s.D});
+    Tensor kf = like_ref(x.kf, q), vf = like_ref(x.vf, q);
+    Tensor dkf = Tensor::zeros({s.B, s.S, N, s.D}, q.dtype(), q.device()), dvf = Tensor::zeros(dkf.shape(), q.dtype(), q.device());
     Tensor dqb[2];
     for (int blk = 0; blk < 2; ++blk) {
       DcmhaShape bs = block_shape(s, x, blk);
-      dqb[blk] = Tensor::zeros({s.B, Tb, N, s.D});
-      dcmha_backward(bs, x.q[blk], x.kf, x.vf, dw, dob[blk], dqb[blk], dkf, dvf, ddw);
+      Tensor dqd = Tensor::zeros({s.B, Tb, N, s.D}, q.dtype(), q.device());
+      dcmha_backward(bs, like_ref(x.q[blk], q), kf, vf, dw, like_ref(dob[blk], q), dqd, dkf, dvf, ddw);
+      dqb[blk] = host32(dqd);
     }
-    rows_to_heads(s, x, dqb, dq, true);
+    Tensor dqh = Tensor::zeros(dq.shape(), DType::f32);
+    rows_to_heads(s, x, dqb, dqh, false);
+    add_(dq, like_ref(dqh, dq));
+    Tensor dkh = host32(dkf), dvh = host32(dvf);
     // dK, dV: every rank holds partials for all heads; rank j needs the sum over ranks of its heads.
-    for (auto [full, out] : {std::pair<Tensor*, Tensor*>{&dkf, &dk}, {&dvf, &dv}}) {
+    for (auto [full, out] : {std::pair<Tensor*, Tensor*>{&dkh, &dk}, {&dvh, &dv}}) {
       Tensor send = Tensor::empty({P, s.B, s.S, s.N, s.D});
       for (int64_t j = 0; j < P; ++j)
         move_block(*full, s.B, s.S, N, s.D, 0, s.S, j * s.N, s.N, send, j * s.B * s.S * s.N * s.D, false, false);
       Tensor mine = Tensor::empty({s.B, s.S, s.N, s.D});
       comm_.reduce_scatter(send, mine);
-      add_(*out, mine);
+      add_(*out, like_ref(mine, *out));
     }
   }
 
@@ -137,12 +169,12 @@ class TensorParallel : public TensorParallelOps {
     DCF_CHECK(s.T == s.S && s.q_pos0 == 0, "the TP core takes whole sequences");
     Exchange x;
     x.z = zigzag_blocks(s.S, size(), rank());
-    heads_to_rows(s, x, q, x.q);
+    heads_to_rows(s, x, host32(q), x.q);
     const int64_t P = size(), N = s.N * P;
     for (int blk = 0; blk < 2; ++blk) x.o[blk] = Tensor::empty({s.B, x.z.block_rows, N, s.D});
     for (auto [src, dst] : {std::pair<const Tensor*, Tensor*>{&k, &x.kf}, {&v, &x.vf}}) {
       Tensor all = Tensor::empty({P, s.B, s.S, s.N, s.D});
-      Tensor flat = src->view({src->numel()});
+      Tensor flat = host32(*src).view({src->numel()});
       comm_.all_gather(flat, all);
       *dst = Tensor::empty({s.B, s.S, N, s.D});
       for (int64_t j = 0; j < P; ++j)

@@ -316,6 +316,8 @@ void validate_config(const dcformer::Config& c, int world) {
   need(r.global_batch() >= 1, "run.global_batch: must be >= 1");
   need(!r.run_dir().empty(), "run.run_dir: must be set");
   need(r.device() != dcformer::RunConfig::DEVICE_UNSPECIFIED, "run.device: must be CPU or CUDA");
+  need(!(r.device() == dcformer::RunConfig::CPU && r.precision() == dcformer::RunConfig::BF16),
+       "run.precision: BF16 needs run.device CUDA (the CPU path computes in fp32)");
   need(c.checkpoint().every_steps() >= 0, "checkpoint.every_steps: must be >= 0");
   need(c.checkpoint().keep_last() >= 1, "checkpoint.keep_last: must be >= 1");
   need(c.monitoring().port() >= 0 && c.monitoring().port() <= 65535, "monitoring.port: must be in 0..65535");

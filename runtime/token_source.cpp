@@ -68,6 +68,11 @@ int32_t TokenFileSource::token(int64_t i) const {
   return 0;
 }
 
+void SyntheticSource::sample(uint64_t index, int32_t* out, int64_t len) const {
+  for (int64_t j = 0; j < len; ++j)
+    out[j] = int32_t(philox_u64(seed_, index, uint64_t(j)) % uint64_t(vocab_));
+}
+
 void TokenFileSource::sample(uint64_t index, int32_t* out, int64_t len) const {
   uint64_t start = philox_u64(seed_, 0x5a4d504c45ull, index) % uint64_t(n_ - len + 1);
   for (int64_t j = 0; j < len; ++j) out[j] = token(int64_t(start) + j);

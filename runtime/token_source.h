@@ -16,6 +16,18 @@ class TokenSource {
   virtual int64_t max_token_id() const = 0;
 };
 
+// Uniform random ids in [0, vocab) from (seed, sample, position): for benchmarks without data.
+class SyntheticSource : public TokenSource {
+ public:
+  SyntheticSource(uint64_t seed, int64_t vocab) : seed_(seed), vocab_(vocab) {}
+  void sample(uint64_t index, int32_t* out, int64_t len) const override;
+  int64_t max_token_id() const override { return vocab_ - 1; }
+
+ private:
+  uint64_t seed_;
+  int64_t vocab_;
+};
+
 class TokenFileSource : public TokenSource {
  public:
   enum class Format { bytes, u16, i32 };

@@ -132,6 +132,9 @@ int run_train(const TrainOptions& opt) {
   // A failure past this point is reported and aborts the job right here, before any destructor runs a
   // collective (communicator frees, MPI_Finalize) that the other ranks would never join.
   try {
+  trainer->on_checkpoint = [&](int64_t step, double duration_s, double bytes) {
+    monitor->on_checkpoint({step, true, duration_s, bytes});
+  };
   trainer->train([&](const StepResult& r) { monitor->on_step(step_metrics(r)); });
   } catch (const DcfError& e) {
     monitor->finish();

@@ -362,14 +362,35 @@ void Trainer::checkpoint_begin() {
 
 void Trainer::checkpoint_after_step() {
   if (!ckpt_) return;
+  bool was_pending = ckpt_->pending();
   ckpt_->poll();
-  if (step_ % cfg_.checkpoint().every_steps() == 0) save_checkpoint();
+  report_commit(was_pending);
+  if (step_ % cfg_.checkpoint().every_steps() == 0) {
+    save_checkpoint();
+    report_commit(true);  // a sync save has committed by now; an async one is still pending
+  }
 }
 
 void Trainer::checkpoint_end() {
   if (!ckpt_) return;
-  if (checkpoint_step_ != step_) save_checkpoint();
+  if (checkpoint_step_ != step_) {
+    save_checkpoint();
+    report_commit(true);
+  }
+  bool was_pending = ckpt_->pending();
   ckpt_->wait();
+  report_commit(was_pending);
+}
+
+// Collective (every rank reaches it at the same points): tells on_checkpoint about a save that has just
+// committed, with its duration on this rank and its size over all ranks.
+void Trainer::report_commit(bool was_pending) {
+  if (!was_pending || ckpt_->pending()) return;
+  const ckpt::SaveStats& st = ckpt_->last_stats();
+  Tensor bytes = Tensor::empty({1}, DType::f64);
+  bytes.data<double>()[0] = double(st.bytes);
+  grid_.world().all_reduce(bytes, ReduceOp::sum);
+  if (on_checkpoint) on_checkpoint(st.step, st.stall_s + st.write_s, bytes.data<double>()[0]);
 }
 
 void Trainer::save_checkpoint() {

@@ -44,6 +44,9 @@ class Trainer {
   // Runs run.steps steps (or until the schedule ends); returns the per-step results on every rank.
   std::vector<StepResult> train(const std::function<void(const StepResult&)>& on_step = {});
   StepResult step();
+  // Called on every rank when a checkpoint has committed: its step, the save's duration on this rank
+  // (stall + write) and the bytes written by all ranks.
+  std::function<void(int64_t step, double duration_s, double bytes)> on_checkpoint;
 
   DcformerModel& model() { return *model_; }
   int64_t current_step() const { return step_; }
@@ -97,6 +100,7 @@ class Trainer {
   void checkpoint_begin();
   void checkpoint_after_step();
   void checkpoint_end();
+  void report_commit(bool was_pending);
   std::unique_ptr<ckpt::Checkpointer> ckpt_;
   int64_t checkpoint_step_ = -1;  // step of the last checkpoint saved or resumed from
 };

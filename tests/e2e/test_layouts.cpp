@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 
+#include "checkpoint/checkpoint.h"
 #include "tests/e2e/run_util.h"
 
 namespace fs = std::filesystem;
@@ -27,22 +28,33 @@ std::string common_args(const fs::path& dir) {
          " --set optimizer.lr=1e-2 --set run.run_dir=" + dir.string();
 }
 
-std::vector<nlohmann::json> run_layout(const Layout& l) {
+struct LayoutRun {
+  std::vector<nlohmann::json> rows;
+  std::map<std::string, dcf::ckpt::GlobalTensor> params;  // after the last step, from its checkpoint
+};
+
+LayoutRun run_layout(const Layout& l) {
   fs::path dir = fs::temp_directory_path() / ("dcf_layout_" + l.name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   int world = l.dp * l.tp * l.pp;
   std::string cmd = (world > 1 ? dcf::test::mpirun() + " -np " + std::to_string(world) + " " : std::string()) +
                     DCF_BINARY + common_args(dir) + " --set parallel.tp=" + std::to_string(l.tp) +
-                    " --set parallel.pp=" + std::to_string(l.pp) + " " + l.extra;
+                    " --set parallel.pp=" + std::to_string(l.pp) + " --set checkpoint.every_steps=10 --set checkpoint.dir=" +
+                    (dir / "ck").string() + " " + l.extra;
   auto r = dcf::test::run_command(cmd);
   EXPECT_EQ(r.status, 0) << cmd << "\n" << r.output;
-  auto rows = dcf::test::read_jsonl((dir / "metrics.jsonl").string());
+  LayoutRun out;
+  out.rows = dcf::test::read_jsonl((dir / "metrics.jsonl").string());
+  // The checkpoint at step 10 holds every parameter; assembled whole, whatever layout wrote it.
+  std::string step = dcf::ckpt::find_latest((dir / "ck").string());
+  EXPECT_FALSE(step.empty()) << "no checkpoint written";
+  if (!step.empty()) out.params = dcf::ckpt::read_global_tensors(step, dcf::ckpt::read_manifest(step), "param");
   fs::remove_all(dir);
-  return rows;
+  return out;
 }
 
-const std::vector<nlohmann::json>& reference() {
-  static std::vector<nlohmann::json> ref = run_layout({1, 1, 1, "", "ref"});
+const LayoutRun& reference() {
+  static LayoutRun ref = run_layout({1, 1, 1, "", "ref"});
   return ref;
 }
 
@@ -53,9 +65,11 @@ class Layouts : public ::testing::TestWithParam<Layout> {};
 }  // namespace
 
 TEST_P(Layouts, MatchSingleProcess) {
-  const auto& ref = reference();
+  const auto& ref_run = reference();
+  const auto& ref = ref_run.rows;
   ASSERT_EQ(ref.size(), 10u);
-  auto got = run_layout(GetParam());
+  auto got_run = run_layout(GetParam());
+  const auto& got = got_run.rows;
   ASSERT_EQ(got.size(), ref.size());
   double worst = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -66,6 +80,26 @@ TEST_P(Layouts, MatchSingleProcess) {
     EXPECT_LE(std::abs(ga - gb) / std::abs(ga), 1e-4) << "grad norm at step " << i + 1 << ": " << ga << " vs " << gb;
   }
   std::printf("%s: worst relative loss difference %.3g over %zu steps\n", GetParam().name.c_str(), worst, ref.size());
+  // The same parameters after 10 steps, every tensor, to 1e-4 relative (norm of the difference).
+  ASSERT_FALSE(ref_run.params.empty());
+  ASSERT_EQ(got_run.params.size(), ref_run.params.size());
+  double worst_param = 0;
+  for (const auto& [name, a] : ref_run.params) {
+    auto it = got_run.params.find(name);
+    ASSERT_NE(it, got_run.params.end()) << name;
+    ASSERT_EQ(it->second.values.size(), a.values.size()) << name;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.values.size(); ++i) {
+      double d = double(a.values[i]) - double(it->second.values[i]);
+      num += d * d;
+      den += double(a.values[i]) * double(a.values[i]);
+    }
+    double rel = std::sqrt(num / std::max(den, 1e-30));
+    worst_param = std::max(worst_param, rel);
+    EXPECT_LE(rel, 1e-4) << name;
+  }
+  std::printf("%s: worst relative parameter difference after 10 steps %.3g over %zu tensors\n",
+              GetParam().name.c_str(), worst_param, ref_run.params.size());
   // The run must have learned something, or equality would be trivial.
   EXPECT_LT(got.back()["loss"].get<double>(), got.front()["loss"].get<double>() - 0.05);
 }

@@ -18,27 +18,11 @@
 #include <vector>
 
 #include "checkpoint/checksum.h"
+#include "tests/e2e/run_util.h"  // defines: run_command, read_jsonl
 
 namespace dcf::test {
 
 namespace fs = std::filesystem;
-
-struct RunResult {
-  int status = -1;  // exit status, or 128 + signal
-  std::string output;
-};
-
-inline RunResult run_command(const std::string& cmd) {
-  RunResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
 
 inline fs::path fresh_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("dcf_ckpt_" + name + "_" + std::to_string(::getpid()));
@@ -73,15 +57,6 @@ inline std::string train_cmd(const Layout& l, const fs::path& run_dir, int64_t s
          " --set checkpoint.dir=" + (run_dir / "ckpt").string() + " --set parallel.tp=" + std::to_string(l.tp) +
          " --set parallel.pp=" + std::to_string(l.pp) + " " + l.extra + " " + extra;
   return cmd;
-}
-
-inline std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
 }
 
 // step -> row of metrics.jsonl; a step logged twice (re-run after a resume) keeps its last row.

@@ -12,48 +12,14 @@
 #include "kernels/cuda_ops.h"
 #include "kernels/cuda_runtime.h"
 #include "kernels/ops.h"
+#include "tests/gpu/gpu_bench_util.h"
 
 using namespace dcf;
+using bench::random_gpu;
 
-namespace {
+// Median of 7 timed runs after one warm-up unless given.
+double time_ms(const std::function<void()>& fn, int reps = 7) { return bench::time_ms(fn, reps, 1); }
 
-Tensor random_gpu(const Shape& s, DType dt, double scale, uint64_t seed) {
-  Tensor h = Tensor::empty(s, DType::f32);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (int64_t i = 0; i < h.numel(); ++i) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    h.data<float>()[i] = float(scale * (double(x >> 11) / double(1ull << 53) * 2.0 - 1.0));
-  }
-  Tensor g = h.to(Device::cuda(cuda::current_device()));
-  if (dt == DType::f32) return g;
-  Tensor o = Tensor::empty(s, dt, g.device());
-  cuda::cast(g, o);
-  return o;
-}
-
-double time_ms(const std::function<void()>& fn, int reps = 7) {
-  fn();  // warm-up (plans, workspaces)
-  cudaStream_t s = cuda::current_stream();
-  std::vector<double> t;
-  cudaEvent_t a, b;
-  DCF_CUDA_CHECK(cudaEventCreate(&a));
-  DCF_CUDA_CHECK(cudaEventCreate(&b));
-  for (int r = 0; r < reps; ++r) {
-    DCF_CUDA_CHECK(cudaEventRecord(a, s));
-    fn();
-    DCF_CUDA_CHECK(cudaEventRecord(b, s));
-    DCF_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    DCF_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   try {

@@ -5,6 +5,8 @@
 
 #include <CivetServer.h>
 #include <arpa/inet.h>
+#include <dlfcn.h>
+#include <pthread.h>
 #include <civetweb.h>
 #include <netinet/in.h>
 #include <prometheus/exposer.h>
@@ -15,6 +17,17 @@
 #include <cstring>
 
 #include "kernels/error.h"
+
+// civetweb (as packaged) creates its worker threads with a small fixed stack, and glibc takes a
+// process's static TLS out of that stack. With OpenBLAS (60 KB of TLS) and the CUDA runtime loaded,
+// too little is left and the first request overflows it inside snprintf. Every explicit thread stack
+// size in this process is therefore raised to at least 1 MiB (the call is forwarded to libc).
+extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
+  using Fn = int (*)(pthread_attr_t*, size_t);
+  static const Fn real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
+  constexpr size_t kMinStack = size_t(1) << 20;
+  return real(attr, size < kMinStack ? kMinStack : size);
+}
 
 namespace dcf {
 

@@ -649,6 +649,12 @@ void dcmha_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, cons
   if (!sh.compose && q.dtype() == DType::bf16 && cudnn_attention_enabled() &&
       cudnn_attention_backward_accumulate(sh, q, k, v, dout, dq, dk, dv))
     return;
+  // DCMHA (compose on, bf16): the fused kernel (dcmha_fused.h); DCF_DCMHA_IMPL=v1 forces the path below.
+  if (sh.compose && dcmha_fused_enabled() &&
+      dcmha_fused_backward_supported(sh, q, k, v, dw, dout, dq, dk, dv, ddw)) {
+    dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, current_stream());
+    return;
+  }
   DCF_CUDA_FLOAT_SWITCH(q.dtype(), "dcmha_backward", {
     T* ddw_p = (sh.compose && ddw.defined()) ? ddw.data<T>() : nullptr;
     if (sh.I <= 2)

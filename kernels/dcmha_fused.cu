@@ -19,11 +19,13 @@
 #include "kernels/dcmha_fused.h"
 
 #include <cuda_bf16.h>
+#include <mma.h>
 
 #include <cstdint>
 #include <cstdlib>
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/tensor.h"
 
 namespace dcf::cuda {
 namespace {
@@ -74,79 +76,48 @@ __device__ __forceinline__ uint32_t comp(const uint4& u, int i) {
   return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
 }
 
-template <int N, int D, int G>
-struct Cfg {
+// Per-thread view of one (16 query rows x 32 keys, all N heads) tile, shared by the forward and the
+// backward kernels. Warp (kwp, hw) holds the scores of keys [8 kwp, 8 kwp + 8) and heads
+// [8 hw, 8 hw + 8): x[h][e], cells e = (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1).
+// Staged dynamic weights: qw [2][kBQ][WS] (branches 0, 2), kw [2][kBK][WS] (branches 1, 3); each row is
+// [a (I x N) | b (I x N) | g (N)] in bf16. red [NW][32][16] exchanges the per-cell partial reads.
+template <int N>
+struct Tile {
   static constexpr int H = N / 8;          // head-warps per key slice (8 heads each)
   static constexpr int NW = 4 * H;         // warps
   static constexpr int THREADS = 32 * NW;  // = 16 N
   static constexpr int WN = (2 * kI + 1) * N;
   static constexpr int WS = WN + 8;  // staged weight row stride (bf16): an odd number of 16-byte slots
-  static constexpr int NC = D / 32;  // 32-wide chunks of d
-  static constexpr int NG = N / G;   // heads per output group
-  static constexpr int HPW = NG / NW;
-  static_assert(N % 8 == 0 && NG % 8 == 0 && HPW >= 1 && NG % NW == 0, "fused dcmha config");
-  static constexpr int Q_BYTES = N * NC * 2 * 32 * 16;
-  static constexpr int QW_BYTES = 2 * kBQ * WS * 2;
-  static constexpr int KW_BYTES = 2 * kBK * WS * 2;
+  static constexpr int QP = WN / 8;  // 16-byte pieces of one token's branch weights
   static constexpr int RED_BYTES = NW * 32 * 16 * 4;
-  static constexpr int PART_BYTES = 4 * N * kBQ * 8;  // pass-1 partial statistics, aliases RED
-  static constexpr int RED_U = RED_BYTES > PART_BYTES ? RED_BYTES : PART_BYTES;
-  static constexpr int P_BYTES = NG * 4 * 32 * 8;
-  static constexpr int ST_BYTES = N * kBQ * 8;
-  static constexpr int OFF_QW = Q_BYTES;
-  static constexpr int OFF_KW = OFF_QW + QW_BYTES;
-  static constexpr int OFF_RED = OFF_KW + KW_BYTES;
-  static constexpr int OFF_P = OFF_RED + RED_U;
-  static constexpr int OFF_ST = OFF_P + P_BYTES;
-  static constexpr int SMEM = OFF_ST + ST_BYTES;
-};
+  static_assert(N % 8 == 0, "N must be a multiple of 8");
 
-__device__ __forceinline__ bool allowed(int tpos, int s, int window) {
-  return s <= tpos && (window == 0 || tpos - s < window);
-}
+  uint16_t* qw;
+  uint16_t* kw;
+  float* red;
+  int tid, lane, warp, kwp, hw, g, c;
 
-template <int N, int D, int G, int MINB>
-__global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs a) {
-  using C = Cfg<N, D, G>;
-  constexpr int NC = C::NC, WS = C::WS, THREADS = C::THREADS;
-  constexpr int64_t WN = C::WN;
-  constexpr int QP = C::WN / 8;  // 16-byte pieces of one token's branch weights
-  extern __shared__ __align__(16) unsigned char smem[];
-  uint4* Qs = reinterpret_cast<uint4*>(smem);                           // [N][NC][2][32]
-  uint16_t* qw = reinterpret_cast<uint16_t*>(smem + C::OFF_QW);         // [2][kBQ][WS] branches 0, 2
-  uint16_t* kw = reinterpret_cast<uint16_t*>(smem + C::OFF_KW);         // [2][kBK][WS] branches 1, 3
-  float* red = reinterpret_cast<float*>(smem + C::OFF_RED);             // [NW][32][16]
-  float2* part = reinterpret_cast<float2*>(smem + C::OFF_RED);          // [4][N][kBQ]
-  uint2* Pb = reinterpret_cast<uint2*>(smem + C::OFF_P);                // [NG][4][32]
-  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);             // [N][kBQ]: (m, 1/l)
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int kwp = warp & 3, hw = warp >> 2;
-  const int g = lane >> 2, c = lane & 3;
-  const int b = blockIdx.y;
-  const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;  // heaviest (causal) tiles first
-  const int T = a.T, S = a.S, W = a.window;
-  const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
-
-  // ---- stage Q (fragment order) and the query-side weights of branches 0 and 2.
-  for (int idx = tid; idx < N * NC * 64; idx += THREADS) {
-    const int l = idx & 31, half = (idx >> 5) & 1, nj = idx >> 6, n = nj / NC, j = nj % NC;
-    const int t = min(t0 + (l >> 2) + 8 * half, T - 1);
-    Qs[idx] = ldg16(a.q + ((int64_t(b) * T + t) * N + n) * D + 32 * j + 8 * (l & 3));
+  __device__ Tile(uint16_t* qw_, uint16_t* kw_, float* red_) : qw(qw_), kw(kw_), red(red_) {
+    tid = int(threadIdx.x);
+    lane = tid & 31;
+    warp = tid >> 5;
+    kwp = warp & 3;
+    hw = warp >> 2;
+    g = lane >> 2;
+    c = lane & 3;
   }
-  for (int idx = tid; idx < 2 * kBQ * QP; idx += THREADS) {
-    const int p = idx % QP, rr = idx / QP, row = rr % kBQ, br = rr / kBQ;
-    const int64_t tpos = a.q_pos0 + min(t0 + row, T - 1);
-    *reinterpret_cast<uint4*>(qw + (br * kBQ + row) * WS + 8 * p) =
-        ldg16(dwb + (tpos * 4 + (br ? 2 : 0)) * WN + 8 * p);
-  }
-  const int tp[2] = {a.q_pos0 + min(t0 + g, T - 1), a.q_pos0 + min(t0 + g + 8, T - 1)};
-  const int pfirst = a.q_pos0 + t0, plast = a.q_pos0 + min(t0 + kBQ - 1, T - 1);
-  const int klo = W ? max(0, pfirst - W + 1) : 0;
-  const int khi = min(S - 1, plast);
-  const int kstart = klo & ~(kBK - 1);
 
-  auto stage_kw = [&](int kb, int nbr) {
+  // Query-side weights (branches 0 and 2) of rows t0 .. t0 + kBQ - 1 (clamped to T - 1).
+  __device__ void stage_query_weights(const bf16* dwb, int q_pos0, int t0, int T) const {
+    for (int idx = tid; idx < 2 * kBQ * QP; idx += THREADS) {
+      const int p = idx % QP, rr = idx / QP, row = rr % kBQ, br = rr / kBQ;
+      const int64_t tpos = q_pos0 + min(t0 + row, T - 1);
+      *reinterpret_cast<uint4*>(qw + (br * kBQ + row) * WS + 8 * p) =
+          ldg16(dwb + (tpos * 4 + (br ? 2 : 0)) * WN + 8 * p);
+    }
+  }
+  // Key-side weights of keys kb .. kb + kBK - 1: branch 1 (nbr = 1) or branches 1 and 3 (nbr = 2).
+  __device__ void stage_key_weights(const bf16* dwb, int kb, int nbr, int S) const {
     for (int idx = tid; idx < nbr * kBK * QP; idx += THREADS) {
       const int p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
       const int s = kb + key;
@@ -154,28 +125,12 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
       if (s < S) val = ldg16(dwb + (int64_t(s) * 4 + (br ? 3 : 1)) * WN + 8 * p);
       *reinterpret_cast<uint4*>(kw + (br * kBK + key) * WS + 8 * p) = val;
     }
-  };
+  }
 
-  float sc[8][4];  // [own head][cell]: cells (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1) of this warp's keys
-  auto scores = [&](int kb) {
-    const int key = min(kb + 8 * kwp + g, S - 1);  // keys past S are masked; clamping keeps loads in bounds
-    const bf16* kp = a.k + ((int64_t(b) * S + key) * N + 8 * hw) * D + 8 * c;
-#pragma unroll
-    for (int h = 0; h < 8; ++h) {
-      sc[h][0] = sc[h][1] = sc[h][2] = sc[h][3] = 0.f;
-#pragma unroll
-      for (int j = 0; j < NC; ++j) {
-        const uint4 kk = ldg16(kp + h * D + 32 * j);
-        const uint4 qa = Qs[(((8 * hw + h) * NC + j) * 2 + 0) * 32 + lane];
-        const uint4 qb = Qs[(((8 * hw + h) * NC + j) * 2 + 1) * 32 + lane];
-        mma_bf16(sc[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
-        mma_bf16(sc[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
-      }
-    }
-  };
-
-  // Partial reads of one Compose over this warp's 8 heads -> red[warp][lane][e * 4 + r * 2 + {q, k}].
-  auto partial_reads = [&](int slot) {
+  // Partial reads of one Compose over this warp's 8 heads, weight rows roff .. roff + I - 1 of the
+  // query-side and key-side weights of `slot` (0: pre, 1: post) -> red[warp][lane][e*4 + r*2 + {q, k}].
+  // Forward Compose reads with a (roff = 0); its transpose reads dY with b (roff = I).
+  __device__ void partial_reads(const float (&x)[8][4], int slot, int roff) const {
     float hp[16];
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
@@ -183,12 +138,12 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 #pragma unroll
       for (int r = 0; r < kI; ++r) {
         float aw[8];
-        unpack8(lds16(wq + r * N), aw);
+        unpack8(lds16(wq + (roff + r) * N), aw);
 #pragma unroll
         for (int ci = 0; ci < 2; ++ci) {
           float s = 0.f;
 #pragma unroll
-          for (int h = 0; h < 8; ++h) s = fmaf(aw[h], sc[h][2 * ri + ci], s);
+          for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][2 * ri + ci], s);
           hp[(2 * ri + ci) * 4 + r * 2 + 0] = s;
         }
       }
@@ -199,12 +154,12 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 #pragma unroll
       for (int r = 0; r < kI; ++r) {
         float aw[8];
-        unpack8(lds16(wk + r * N), aw);
+        unpack8(lds16(wk + (roff + r) * N), aw);
 #pragma unroll
         for (int ri = 0; ri < 2; ++ri) {
           float s = 0.f;
 #pragma unroll
-          for (int h = 0; h < 8; ++h) s = fmaf(aw[h], sc[h][2 * ri + ci], s);
+          for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][2 * ri + ci], s);
           hp[(2 * ri + ci) * 4 + r * 2 + 1] = s;
         }
       }
@@ -212,13 +167,13 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
     float4* dst = reinterpret_cast<float4*>(red + (warp * 32 + lane) * 16);
 #pragma unroll
     for (int i = 0; i < 4; ++i) dst[i] = make_float4(hp[4 * i], hp[4 * i + 1], hp[4 * i + 2], hp[4 * i + 3]);
-  };
-  // Sum of the partial reads over the head-warps of this key slice.
-  auto total_reads = [&](float (&tot)[16]) {
+  }
+  // Sum of the partial reads over the head-warps of this key slice (after a barrier).
+  __device__ void total_reads(float (&tot)[16]) const {
 #pragma unroll
     for (int i = 0; i < 16; ++i) tot[i] = 0.f;
 #pragma unroll
-    for (int h2 = 0; h2 < C::H; ++h2) {
+    for (int h2 = 0; h2 < H; ++h2) {
       const float4* src = reinterpret_cast<const float4*>(red + ((h2 * 4 + kwp) * 32 + lane) * 16);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -229,62 +184,104 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
         tot[4 * i + 3] += v.w;
       }
     }
-  };
-  // Writes of one Compose for this warp's heads, in place on sc.
-  auto finish = [&](int slot, const float (&tot)[16]) {
+  }
+  // Writes of one Compose for this warp's heads, in place on x: x (1 + g_q + g_k) + sum_r w_r * reads_r
+  // with weight rows woff .. woff + I - 1 (forward: the b rows, woff = I; transpose: the a rows, 0).
+  __device__ void finish(float (&x)[8][4], int slot, int woff, const float (&tot)[16]) const {
 #pragma unroll
     for (int ci = 0; ci < 2; ++ci) {
       const uint16_t* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + 8 * hw;
       float bk0[8], bk1[8], gk[8];
-      unpack8(lds16(wk + 2 * N), bk0);
-      unpack8(lds16(wk + 3 * N), bk1);
-      unpack8(lds16(wk + 4 * N), gk);
+      unpack8(lds16(wk + woff * N), bk0);
+      unpack8(lds16(wk + (woff + 1) * N), bk1);
+      unpack8(lds16(wk + 2 * kI * N), gk);
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
         const uint16_t* wq = qw + (slot * kBQ + g + 8 * ri) * WS + 8 * hw;
         float bq0[8], bq1[8], gq[8];
-        unpack8(lds16(wq + 2 * N), bq0);
-        unpack8(lds16(wq + 3 * N), bq1);
-        unpack8(lds16(wq + 4 * N), gq);
+        unpack8(lds16(wq + woff * N), bq0);
+        unpack8(lds16(wq + (woff + 1) * N), bq1);
+        unpack8(lds16(wq + 2 * kI * N), gq);
         const int e = 2 * ri + ci;
         const float hq0 = tot[e * 4 + 0], hk0 = tot[e * 4 + 1], hq1 = tot[e * 4 + 2], hk1 = tot[e * 4 + 3];
 #pragma unroll
         for (int h = 0; h < 8; ++h) {
-          float y = sc[h][e] * (1.f + gq[h] + gk[h]);
+          float y = x[h][e] * (1.f + gq[h] + gk[h]);
           y = fmaf(bq0[h], hq0, y);
           y = fmaf(bq1[h], hq1, y);
           y = fmaf(bk0[h], hk0, y);
           y = fmaf(bk1[h], hk1, y);
-          sc[h][e] = y;
+          x[h][e] = y;
         }
       }
     }
-  };
-  auto cell_ok = [&](int kb, int e) { return allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W); };
+  }
+  // One Compose in place on x (forward: transpose = false), with its reads left in tot. Contains
+  // two barriers: red must be free on entry (every thread done with the previous total_reads).
+  __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16]) const {
+    partial_reads(x, slot, transpose ? kI : 0);
+    __syncthreads();
+    total_reads(tot);
+    finish(x, slot, transpose ? 0 : kI, tot);
+  }
+};
 
-  // ---- pass 1: per-head row max and sum of the pre-Composed, masked logits.
+__device__ __forceinline__ bool allowed(int tpos, int s, int window) {
+  return s <= tpos && (window == 0 || tpos - s < window);
+}
+
+// Scores of this warp's 8 heads for key tile kb: x[h] = A_rows[h] . B_keys[h]^T, with the A rows
+// (query-side: q or dO) loaded straight from global memory (rows clamped to R - 1) and the B rows
+// (key-side: k or v) clamped to S - 1. A and B point at the batch element; both are [rows][N][D].
+// The contraction index d is permuted identically on both sides (8 consecutive d per 16-byte load).
+template <int N, int D>
+__device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, int r0, int R, const bf16* B, int kb,
+                                              int S, const Tile<N>& tl) {
+  constexpr int NC = D / 32;
+  const int ra = min(r0 + tl.g, R - 1), rb = min(r0 + tl.g + 8, R - 1);
+  const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
+  const bf16* pa = A + (int64_t(ra) * N + 8 * tl.hw) * D + 8 * tl.c;
+  const bf16* pb = A + (int64_t(rb) * N + 8 * tl.hw) * D + 8 * tl.c;
+  const bf16* pk = B + (int64_t(key) * N + 8 * tl.hw) * D + 8 * tl.c;
+#pragma unroll
+  for (int h = 0; h < 8; ++h) {
+    x[h][0] = x[h][1] = x[h][2] = x[h][3] = 0.f;
+#pragma unroll
+    for (int j = 0; j < NC; ++j) {
+      const uint4 kk = ldg16(pk + h * D + 32 * j);
+      const uint4 qa = ldg16(pa + h * D + 32 * j), qb = ldg16(pb + h * D + 32 * j);
+      mma_bf16(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
+      mma_bf16(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
+    }
+  }
+}
+
+// Pass 1 of both kernels: per-head row max and sum of the pre-Composed, masked logits, reduced to
+// st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
+// `part` aliases red. Ends with st written and visible (barrier).
+template <int N, class ScoreFn, class OkFn>
+__device__ void row_stats(const Tile<N>& tl, const bf16* dwb, int kstart, int khi, int S, ScoreFn scores, OkFn ok,
+                          float2* st) {
+  float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
   float mrow[8][2], lrow[8][2];
 #pragma unroll
   for (int h = 0; h < 8; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
   for (int kb = kstart; kb <= khi; kb += kBK) {
     __syncthreads();
-    stage_kw(kb, 1);
+    tl.stage_key_weights(dwb, kb, 1, S);
     __syncthreads();
-    scores(kb);
-    partial_reads(0);
-    __syncthreads();
-    float tot[16];
-    total_reads(tot);
-    finish(0, tot);
-    bool ok[4];
+    float x[8][4], tot[16];
+    scores(x, kb);
+    tl.compose(x, 0, false, tot);
+    bool okc[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) ok[e] = cell_ok(kb, e);
+    for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
-        const float z0 = ok[2 * ri] ? sc[h][2 * ri] : -INFINITY, z1 = ok[2 * ri + 1] ? sc[h][2 * ri + 1] : -INFINITY;
+        const float z0 = okc[2 * ri] ? x[h][2 * ri] : -INFINITY, z1 = okc[2 * ri + 1] ? x[h][2 * ri + 1] : -INFINITY;
         const float mx = fmaxf(z0, z1);
         if (mx == -INFINITY) continue;
         const float mn = fmaxf(mrow[h][ri], mx);
@@ -305,10 +302,10 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
         l = M == -INFINITY ? 0.f : l * __expf(m - M) + l2 * __expf(m2 - M);
         m = M;
       }
-      if (c == 0) part[(kwp * N + 8 * hw + h) * kBQ + g + 8 * ri] = make_float2(m, l);
+      if (tl.c == 0) part[(tl.kwp * N + 8 * tl.hw + h) * kBQ + tl.g + 8 * ri] = make_float2(m, l);
     }
   __syncthreads();
-  for (int idx = tid; idx < N * kBQ; idx += THREADS) {
+  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N>::THREADS) {
     float M = -INFINITY;
 #pragma unroll
     for (int k4 = 0; k4 < 4; ++k4) M = fmaxf(M, part[k4 * N * kBQ + idx].x);
@@ -320,6 +317,103 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
     }
     st[idx] = make_float2(M, L > 0.f ? 1.f / L : 0.f);
   }
+  __syncthreads();
+}
+
+// Softmax with the row statistics, in place on the pre-Composed logits: p = exp(z - m) / l, 0 where masked.
+template <int N, class OkFn>
+__device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N>& tl, const float2* st, int kb, OkFn ok) {
+  bool okc[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
+#pragma unroll
+  for (int h = 0; h < 8; ++h)
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+      const float2 ml = st[(8 * tl.hw + h) * kBQ + tl.g + 8 * ri];
+#pragma unroll
+      for (int ci = 0; ci < 2; ++ci) {
+        const int e = 2 * ri + ci;
+        x[h][e] = okc[e] ? __expf(x[h][e] - ml.x) * ml.y : 0.f;
+      }
+    }
+}
+
+template <int N, int D, int G>
+struct Cfg {
+  using Tl = Tile<N>;
+  static constexpr int NW = Tl::NW, WS = Tl::WS, THREADS = Tl::THREADS;
+  static constexpr int NC = D / 32;  // 32-wide chunks of d
+  static constexpr int NG = N / G;   // heads per output group
+  static constexpr int HPW = NG / NW;
+  static_assert(NG % 8 == 0 && HPW >= 1 && NG % NW == 0, "fused dcmha config");
+  static constexpr int Q_BYTES = N * NC * 2 * 32 * 16;
+  static constexpr int QW_BYTES = 2 * kBQ * WS * 2;
+  static constexpr int KW_BYTES = 2 * kBK * WS * 2;
+  static constexpr int PART_BYTES = 4 * N * kBQ * 8;  // pass-1 partial statistics, aliases RED
+  static constexpr int RED_U = Tl::RED_BYTES > PART_BYTES ? Tl::RED_BYTES : PART_BYTES;
+  static constexpr int P_BYTES = NG * 4 * 32 * 8;
+  static constexpr int ST_BYTES = N * kBQ * 8;
+  static constexpr int OFF_QW = Q_BYTES;
+  static constexpr int OFF_KW = OFF_QW + QW_BYTES;
+  static constexpr int OFF_RED = OFF_KW + KW_BYTES;
+  static constexpr int OFF_P = OFF_RED + RED_U;
+  static constexpr int OFF_ST = OFF_P + P_BYTES;
+  static constexpr int SMEM = OFF_ST + ST_BYTES;
+};
+
+template <int N, int D, int G, int MINB>
+__global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs a) {
+  using C = Cfg<N, D, G>;
+  constexpr int NC = C::NC, THREADS = Tile<N>::THREADS;
+  constexpr int64_t WN = Tile<N>::WN;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint4* Qs = reinterpret_cast<uint4*>(smem);                           // [N][NC][2][32]
+  uint2* Pb = reinterpret_cast<uint2*>(smem + C::OFF_P);                // [NG][4][32]
+  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);             // [N][kBQ]: (m, 1/l)
+  const Tile<N> tl(reinterpret_cast<uint16_t*>(smem + C::OFF_QW), reinterpret_cast<uint16_t*>(smem + C::OFF_KW),
+                   reinterpret_cast<float*>(smem + C::OFF_RED));
+  const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
+  const int b = blockIdx.y;
+  const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;  // heaviest (causal) tiles first
+  const int T = a.T, S = a.S, W = a.window;
+  const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
+
+  // ---- stage Q (fragment order) and the query-side weights of branches 0 and 2.
+  for (int idx = tid; idx < N * NC * 64; idx += THREADS) {
+    const int l = idx & 31, half = (idx >> 5) & 1, nj = idx >> 6, n = nj / NC, j = nj % NC;
+    const int t = min(t0 + (l >> 2) + 8 * half, T - 1);
+    Qs[idx] = ldg16(a.q + ((int64_t(b) * T + t) * N + n) * D + 32 * j + 8 * (l & 3));
+  }
+  tl.stage_query_weights(dwb, a.q_pos0, t0, T);
+  const int tp[2] = {a.q_pos0 + min(t0 + g, T - 1), a.q_pos0 + min(t0 + g + 8, T - 1)};
+  const int pfirst = a.q_pos0 + t0, plast = a.q_pos0 + min(t0 + kBQ - 1, T - 1);
+  const int klo = W ? max(0, pfirst - W + 1) : 0;
+  const int khi = min(S - 1, plast);
+  const int kstart = klo & ~(kBK - 1);
+
+  const bf16* kbase = a.k + int64_t(b) * S * N * D;
+  auto scores = [&](float (&sc)[8][4], int kb) {
+    const int key = min(kb + 8 * kwp + g, S - 1);  // keys past S are masked; clamping keeps loads in bounds
+    const bf16* kp = kbase + (int64_t(key) * N + 8 * hw) * D + 8 * c;
+#pragma unroll
+    for (int h = 0; h < 8; ++h) {
+      sc[h][0] = sc[h][1] = sc[h][2] = sc[h][3] = 0.f;
+#pragma unroll
+      for (int j = 0; j < NC; ++j) {
+        const uint4 kk = ldg16(kp + h * D + 32 * j);
+        const uint4 qa = Qs[(((8 * hw + h) * NC + j) * 2 + 0) * 32 + lane];
+        const uint4 qb = Qs[(((8 * hw + h) * NC + j) * 2 + 1) * 32 + lane];
+        mma_bf16(sc[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
+        mma_bf16(sc[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
+      }
+    }
+  };
+  auto cell_ok = [&](int kb, int e) { return allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W); };
+
+  // ---- pass 1: per-head row max and sum of the pre-Composed, masked logits.
+  __syncthreads();  // Qs staged
+  row_stats<N>(tl, dwb, kstart, khi, S, scores, cell_ok, st);
 
   // ---- pass 2 (once per head group): recompute, normalise, post-Compose, O += P' V.
   for (int gi = 0; gi < G; ++gi) {
@@ -333,34 +427,18 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
     const bool in_group = (8 * hw) / C::NG == gi;
     for (int kb = kstart; kb <= khi; kb += kBK) {
       __syncthreads();
-      stage_kw(kb, 2);
+      tl.stage_key_weights(dwb, kb, 2, S);
       __syncthreads();
-      scores(kb);
-      partial_reads(0);
-      __syncthreads();
-      float tot[16];
-      total_reads(tot);
-      finish(0, tot);
-      bool ok[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ok[e] = cell_ok(kb, e);
-#pragma unroll
-      for (int h = 0; h < 8; ++h)
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) {
-          const float2 ml = st[(8 * hw + h) * kBQ + g + 8 * ri];
-#pragma unroll
-          for (int ci = 0; ci < 2; ++ci) {
-            const int e = 2 * ri + ci;
-            sc[h][e] = ok[e] ? __expf(sc[h][e] - ml.x) * ml.y : 0.f;
-          }
-        }
+      float sc[8][4], tot[16];
+      scores(sc, kb);
+      tl.compose(sc, 0, false, tot);
+      probs<N>(sc, tl, st, kb, cell_ok);
       __syncthreads();  // everyone has read red
-      partial_reads(1);
+      tl.partial_reads(sc, 1, 0);
       __syncthreads();
-      total_reads(tot);
+      tl.total_reads(tot);
       if (in_group) {
-        finish(1, tot);
+        tl.finish(sc, 1, kI, tot);
 #pragma unroll
         for (int h = 0; h < 8; ++h) {
           const int ml = 8 * hw + h - gi * C::NG;
@@ -411,6 +489,373 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backward (dcmha.md §3.1-§3.4). One CTA per (batch, 16 query rows), all heads, three passes over
+// the key tiles of those rows:
+//   1. row statistics (m, 1/l) of the pre-Composed logits (as the forward's pass 1);
+//   A. Delta[n, t] = sum_s P dP, with dP = Compose_post^T(dP'), dP' = dO V^T (not rowsum(dO * O));
+//   C. recompute Z, P, P', dP', dP; dZ = P (dP - Delta); dA = Compose_pre^T(dZ). Query-side weight
+//      gradients (branches 0, 2) are row sums, kept in registers and added to ddw at the end; key-side
+//      ones (branches 1, 3) are column sums over the tile's 16 rows, added to an fp32 workspace with
+//      atomics; dQ += dA K, dK += dA^T Q and dV += P'^T dO run on the tensor cores (wmma, P' and dA
+//      staged in shared memory as bf16) and are added to fp32 workspaces with vector atomics.
+// No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
+
+struct BwdArgs {
+  const bf16 *q, *k, *v, *dw, *dout;
+  bf16* ddw;                 // query-side branches (0, 2) are added here directly; null: no ddw
+  float *dq, *dk, *dv, *kws;  // fp32 workspaces, zeroed: [B,T,N,D], [B,S,N,D] x 2, [B,S,2,5,N]
+  int T, S, q_pos0, window;
+};
+
+template <int N, int D>
+struct BwdCfg {
+  using Tl = Tile<N>;
+  static constexpr int NW = Tl::NW, WS = Tl::WS;
+  static constexpr int PS = 40;  // row stride (bf16) of the staged P' and dA tiles: [N][kBQ][PS]
+  static constexpr int QW_BYTES = 2 * kBQ * WS * 2;
+  static constexpr int KW_BYTES = 2 * kBK * WS * 2;
+  static constexpr int PT_BYTES = N * kBQ * PS * 2;
+  static constexpr int QACC_BYTES = 2 * 4 * kBQ * N * 5 * 4;  // final query-side reduction, aliases P'/dA
+  static_assert(QACC_BYTES <= 2 * PT_BYTES, "qacc alias");
+  static_assert(Tl::RED_BYTES >= 4 * N * kBQ * 8, "part alias");
+  static constexpr int SCR_WARP = 16 * 16 * 2 + 16 * 16 * 4;  // per warp: a bf16 16x16 stage, an f32 16x16 out
+  static constexpr int OFF_QW = 0;
+  static constexpr int OFF_KW = OFF_QW + QW_BYTES;
+  static constexpr int OFF_RED = OFF_KW + KW_BYTES;
+  static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
+  static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
+  static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
+  static constexpr int SMEM = OFF_ST + N * kBQ * 12;
+  static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0, "wmma alignment");
+};
+
+// Reduce-scatter over the lanes lane ^ mask: of M values, the lane keeps half `bit` (0: first M/2, 1:
+// second), summed with its partner's copy.
+template <int M>
+__device__ __forceinline__ void rs_step(const float (&v)[M], float (&out)[M / 2], int bit, int mask) {
+#pragma unroll
+  for (int i = 0; i < M / 2; ++i) {
+    const float send = bit ? v[i] : v[i + M / 2], keep = bit ? v[i + M / 2] : v[i];
+    out[i] = keep + __shfl_xor_sync(0xffffffffu, send, mask);
+  }
+}
+
+__device__ __forceinline__ void red_add4(float* p, float a, float b, float c, float d) {
+  atomicAdd(reinterpret_cast<float4*>(p), make_float4(a, b, c, d));
+}
+
+// The weight gradients of one Compose over this tile (dcmha.md §3.1): X its input, Y the gradient of its
+// output, hr the reads of X (a-weights) and er the back-reads of Y (b-weights), both in total_reads
+// layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
+// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
+// column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
+template <int N>
+__device__ __forceinline__ void compose_grads(const Tile<N>& tl, const float (&x)[8][4], const float (&y)[8][4],
+                                              const float (&hr)[16], const float (&er)[16], float (&qacc)[20],
+                                              float* kws_b, int slot, int kb, int S) {
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    float v[40];
+#pragma unroll
+    for (int h = 0; h < 8; ++h) {
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
+#pragma unroll
+      for (int ci = 0; ci < 2; ++ci) {
+        const int e = 2 * ri + ci;
+        const float X = x[h][e], Y = y[h][e];
+        s0 = fmaf(X, er[e * 4 + 0], s0);
+        s1 = fmaf(X, er[e * 4 + 2], s1);
+        s2 = fmaf(hr[e * 4 + 0], Y, s2);
+        s3 = fmaf(hr[e * 4 + 2], Y, s3);
+        s4 = fmaf(X, Y, s4);
+      }
+      v[h * 5 + 0] = s0, v[h * 5 + 1] = s1, v[h * 5 + 2] = s2, v[h * 5 + 3] = s3, v[h * 5 + 4] = s4;
+    }
+    float v2[20], v3[10];
+    rs_step<40>(v, v2, tl.c & 1, 1);
+    rs_step<20>(v2, v3, (tl.c >> 1) & 1, 2);
+#pragma unroll
+    for (int i = 0; i < 10; ++i) qacc[ri * 10 + i] += v3[i];
+  }
+#pragma unroll
+  for (int ci = 0; ci < 2; ++ci) {
+    float v[40];
+#pragma unroll
+    for (int h = 0; h < 8; ++h) {
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        const int e = 2 * ri + ci;
+        const float X = x[h][e], Y = y[h][e];
+        s0 = fmaf(X, er[e * 4 + 1], s0);
+        s1 = fmaf(X, er[e * 4 + 3], s1);
+        s2 = fmaf(hr[e * 4 + 1], Y, s2);
+        s3 = fmaf(hr[e * 4 + 3], Y, s3);
+        s4 = fmaf(X, Y, s4);
+      }
+      v[h * 5 + 0] = s0, v[h * 5 + 1] = s1, v[h * 5 + 2] = s2, v[h * 5 + 3] = s3, v[h * 5 + 4] = s4;
+    }
+    float v2[20], v3[10], v4[5];
+    rs_step<40>(v, v2, tl.g & 1, 4);
+    rs_step<20>(v2, v3, (tl.g >> 1) & 1, 8);
+    rs_step<10>(v3, v4, (tl.g >> 2) & 1, 16);
+    const int key = kb + 8 * tl.kwp + 2 * tl.c + ci;
+    const int head = 8 * tl.hw + 4 * (tl.g & 1) + 2 * ((tl.g >> 1) & 1) + ((tl.g >> 2) & 1);
+    if (key < S) {
+      float* p = kws_b + (int64_t(key) * 2 + slot) * 5 * N + head;
+#pragma unroll
+      for (int j = 0; j < 5; ++j) atomicAdd(p + j * N, v4[j]);
+    }
+  }
+}
+
+template <int N, int D>
+__global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
+  using C = BwdCfg<N, D>;
+  using namespace nvcuda;
+  constexpr int THREADS = Tile<N>::THREADS, NW = Tile<N>::NW, PS = C::PS;
+  constexpr int64_t WN = Tile<N>::WN;
+  static_assert(N / NW == 2, "two heads per warp in the wmma stage");
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Tile<N> tl(reinterpret_cast<uint16_t*>(smem + C::OFF_QW), reinterpret_cast<uint16_t*>(smem + C::OFF_KW),
+                   reinterpret_cast<float*>(smem + C::OFF_RED));
+  bf16* Pp = reinterpret_cast<bf16*>(smem + C::OFF_PP);  // [N][kBQ][PS] P' of the tile
+  bf16* dAs = Pp + N * kBQ * PS;                          // [N][kBQ][PS] dA of the tile
+  bf16* scr_b = reinterpret_cast<bf16*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP);
+  float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + 512);
+  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);                   // [N][kBQ] (m, 1/l)
+  float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + N * kBQ * 8);      // [N][kBQ] Delta
+  const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
+  const int b = blockIdx.y;
+  const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
+  const int T = a.T, S = a.S, W = a.window;
+  const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
+  const bf16* qb = a.q + int64_t(b) * T * N * D;
+  const bf16* dob = a.dout + int64_t(b) * T * N * D;
+  const bf16* kb_ = a.k + int64_t(b) * S * N * D;
+  const bf16* vb = a.v + int64_t(b) * S * N * D;
+  float* kws_b = a.kws ? a.kws + int64_t(b) * S * 2 * 5 * N : nullptr;
+
+  tl.stage_query_weights(dwb, a.q_pos0, t0, T);
+  const bool rowok[2] = {t0 + g < T, t0 + g + 8 < T};
+  const int tp[2] = {a.q_pos0 + min(t0 + g, T - 1), a.q_pos0 + min(t0 + g + 8, T - 1)};
+  const int pfirst = a.q_pos0 + t0, plast = a.q_pos0 + min(t0 + kBQ - 1, T - 1);
+  const int klo = W ? max(0, pfirst - W + 1) : 0;
+  const int khi = min(S - 1, plast);
+  const int kstart = klo & ~(kBK - 1);
+  auto cell_ok = [&](int kb, int e) {
+    return rowok[e >> 1] && allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W);
+  };
+  auto qk_scores = [&](float (&x)[8][4], int kb) { scores_global<N, D>(x, qb, t0, T, kb_, kb, S, tl); };
+  auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells
+    scores_global<N, D>(x, dob, t0, T, vb, kb, S, tl);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const bool ok = cell_ok(kb, e);
+#pragma unroll
+      for (int h = 0; h < 8; ++h) x[h][e] = ok ? x[h][e] : 0.f;
+    }
+  };
+
+  // ---- pass 1: row statistics.
+  row_stats<N>(tl, dwb, kstart, khi, S, qk_scores, cell_ok, st);
+
+  // ---- pass A: Delta = rowsum(P * dP).
+  {
+    float dacc[8][2];
+#pragma unroll
+    for (int h = 0; h < 8; ++h) dacc[h][0] = dacc[h][1] = 0.f;
+    for (int kb = kstart; kb <= khi; kb += kBK) {
+      __syncthreads();
+      tl.stage_key_weights(dwb, kb, 2, S);
+      __syncthreads();
+      float x[8][4], y[8][4], tot[16];
+      qk_scores(x, kb);
+      tl.compose(x, 0, false, tot);
+      probs<N>(x, tl, st, kb, cell_ok);
+      dov_scores(y, kb);
+      __syncthreads();  // red free
+      tl.compose(y, 1, true, tot);  // dP
+#pragma unroll
+      for (int h = 0; h < 8; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dacc[h][e >> 1] = fmaf(x[h][e], y[h][e], dacc[h][e >> 1]);
+    }
+    __syncthreads();
+    float* part = tl.red;  // [4][N][kBQ]
+#pragma unroll
+    for (int h = 0; h < 8; ++h)
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        float s = dacc[h][ri];
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (c == 0) part[(kwp * N + 8 * hw + h) * kBQ + g + 8 * ri] = s;
+      }
+    __syncthreads();
+    for (int idx = tid; idx < N * kBQ; idx += THREADS)
+      dl[idx] = part[idx] + part[N * kBQ + idx] + part[2 * N * kBQ + idx] + part[3 * N * kBQ + idx];
+  }
+
+  // ---- pass C: all gradients.
+  float qacc[2][20];
+#pragma unroll
+  for (int i = 0; i < 20; ++i) qacc[0][i] = qacc[1][i] = 0.f;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+  using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  // 16 rows [row0, row0 + 16) x 16 d of head n of a [rows][N][D] tensor -> scr_b (zero past nrows).
+  auto stage16 = [&](const bf16* base, int row0, int nrows, int n, int d0) {
+    const int r = lane >> 1, half = lane & 1;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (row0 + r < nrows) val = ldg16(base + (int64_t(row0 + r) * N + n) * D + d0 + 8 * half);
+    __syncwarp();
+    *reinterpret_cast<uint4*>(scr_b + r * 16 + 8 * half) = val;
+    __syncwarp();
+  };
+  auto flush = [&](float* ws, int row0, int nrows, int n, int d0, const FragC& acc) {
+    __syncwarp();
+    wmma::store_matrix_sync(scr_f, acc, 16, wmma::mem_row_major);
+    __syncwarp();
+    const int r = lane >> 1, half = lane & 1;
+    if (row0 + r < nrows) {
+      float* p = ws + (int64_t(row0 + r) * N + n) * D + d0 + 8 * half;
+      const float* s = scr_f + r * 16 + 8 * half;
+      red_add4(p, s[0], s[1], s[2], s[3]);
+      red_add4(p + 4, s[4], s[5], s[6], s[7]);
+    }
+  };
+  auto stage_tile = [&](bf16* dst, const float (&x)[8][4]) {
+#pragma unroll
+    for (int h = 0; h < 8; ++h)
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri)
+        *reinterpret_cast<uint32_t*>(dst + ((8 * hw + h) * kBQ + g + 8 * ri) * PS + 8 * kwp + 2 * c) =
+            pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
+  };
+
+  for (int kb = kstart; kb <= khi; kb += kBK) {
+    __syncthreads();
+    tl.stage_key_weights(dwb, kb, 2, S);
+    __syncthreads();
+    float A[8][4], x[8][4], y[8][4], tpre[16], tpost[16], te[16];
+    qk_scores(A, kb);
+#pragma unroll
+    for (int h = 0; h < 8; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[h][e] = A[h][e];
+    tl.compose(x, 0, false, tpre);  // Z
+    probs<N>(x, tl, st, kb, cell_ok);  // P
+#pragma unroll
+    for (int h = 0; h < 8; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) y[h][e] = x[h][e];
+    __syncthreads();
+    tl.compose(y, 1, false, tpost);  // P'
+    stage_tile(Pp, y);
+    dov_scores(y, kb);  // dP'
+    __syncthreads();
+    tl.partial_reads(y, 1, kI);
+    __syncthreads();
+    tl.total_reads(te);
+    if (kws_b) compose_grads<N>(tl, x, y, tpost, te, qacc[1], kws_b, 1, kb, S);
+    tl.finish(y, 1, 0, te);  // dP
+#pragma unroll
+    for (int h = 0; h < 8; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
+    __syncthreads();
+    tl.partial_reads(y, 0, kI);
+    __syncthreads();
+    tl.total_reads(te);
+    if (kws_b) compose_grads<N>(tl, A, y, tpre, te, qacc[0], kws_b, 0, kb, S);
+    tl.finish(y, 0, 0, te);  // dA
+    stage_tile(dAs, y);
+    __syncthreads();
+    // Tensor-core products of this tile, two heads per warp.
+#pragma unroll 1
+    for (int hh = 0; hh < 2; ++hh) {
+      const int n = 2 * warp + hh;
+      const bf16* dAn = dAs + n * kBQ * PS;
+      const bf16* Ppn = Pp + n * kBQ * PS;
+#pragma unroll 1
+      for (int d0 = 0; d0 < D; d0 += 16) {
+        FragC acc;
+        FragB fb;
+        // dQ[t0.., n, d0..] += dA (16 x 32) K (32 x 16)
+        wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          FragA fa;
+          stage16(kb_, kb + 16 * kk, S, n, d0);
+          wmma::load_matrix_sync(fa, dAn + 16 * kk, PS);
+          wmma::load_matrix_sync(fb, scr_b, 16);
+          wmma::mma_sync(acc, fa, fb, acc);
+        }
+        flush(a.dq + int64_t(b) * T * N * D, t0, T, n, d0, acc);
+        // dK[kb.., n, d0..] += dA^T (32 x 16) Q (16 x 16); dV += P'^T dO likewise.
+        stage16(qb, t0, T, n, d0);
+        wmma::load_matrix_sync(fb, scr_b, 16);
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          FragAt fa;
+          wmma::fill_fragment(acc, 0.f);
+          wmma::load_matrix_sync(fa, dAn + 16 * kk, PS);
+          wmma::mma_sync(acc, fa, fb, acc);
+          flush(a.dk + int64_t(b) * S * N * D, kb + 16 * kk, S, n, d0, acc);
+        }
+        stage16(dob, t0, T, n, d0);
+        wmma::load_matrix_sync(fb, scr_b, 16);
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          FragAt fa;
+          wmma::fill_fragment(acc, 0.f);
+          wmma::load_matrix_sync(fa, Ppn + 16 * kk, PS);
+          wmma::mma_sync(acc, fa, fb, acc);
+          flush(a.dv + int64_t(b) * S * N * D, kb + 16 * kk, S, n, d0, acc);
+        }
+      }
+    }
+  }
+
+  // ---- query-side weight gradients: sum the 4 key-warps, add to ddw (branches 0 and 2).
+  if (!a.ddw) return;
+  __syncthreads();
+  float* qs = reinterpret_cast<float*>(smem + C::OFF_PP);  // [2][4][kBQ][N][5]
+#pragma unroll
+  for (int cp = 0; cp < 2; ++cp)
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri)
+#pragma unroll
+      for (int i = 0; i < 10; ++i) {
+        const int row = g + 8 * ri, head = 8 * hw + 4 * (c & 1) + 2 * ((c >> 1) & 1) + i / 5;
+        qs[(((cp * 4 + kwp) * kBQ + row) * N + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
+      }
+  __syncthreads();
+  for (int idx = tid; idx < 2 * kBQ * N * 5; idx += THREADS) {
+    const int j = idx % 5, head = (idx / 5) % N, row = (idx / (5 * N)) % kBQ, cp = idx / (5 * N * kBQ);
+    if (t0 + row >= T) continue;
+    float s = 0.f;
+#pragma unroll
+    for (int k4 = 0; k4 < 4; ++k4) s += qs[(((cp * 4 + k4) * kBQ + row) * N + head) * 5 + j];
+    bf16* p = a.ddw + ((int64_t(b) * S + a.q_pos0 + t0 + row) * 4 + (cp ? 2 : 0)) * WN + j * N + head;
+    *p = __float2bfloat16_rn(__bfloat162float(*p) + s);
+  }
+}
+
+// ddw (branches 1 and 3) += the key-side workspace [B, S, 2, 5N].
+__global__ void add_key_grads_kernel(const float* __restrict__ kws, bf16* __restrict__ ddw, int64_t BS, int WN) {
+  const int64_t n = BS * 2 * WN;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t bs = i / (2 * WN);
+    const int rem = int(i % (2 * WN)), slot = rem / WN, j = rem % WN;
+    bf16* p = ddw + (bs * 4 + (slot ? 3 : 1)) * WN + j;
+    *p = __float2bfloat16_rn(__bfloat162float(*p) + kws[i]);
+  }
+}
+
 template <int N, int D, int G, int MINB = 1>
 void launch(const FusedArgs& a, int B, cudaStream_t st) {
   using C = Cfg<N, D, G>;
@@ -418,6 +863,17 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
   kern<<<grid, C::THREADS, C::SMEM, st>>>(a);
+  DCF_CUDA_LAUNCH_CHECK();
+}
+
+
+template <int N, int D>
+void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
+  using C = BwdCfg<N, D>;
+  auto kern = dcmha_fused_bwd_kernel<N, D>;
+  DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
+  dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
+  kern<<<grid, Tile<N>::THREADS, C::SMEM, st>>>(a);
   DCF_CUDA_LAUNCH_CHECK();
 }
 
@@ -466,6 +922,60 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
   else if (sh.N == 32 && sh.D == 64) launch<32, 64, 1>(a, B, st);
   else if (sh.N == 32 && sh.D == 128) launch<32, 128, 2>(a, B, st);
   else DCF_CHECK(false, "dcmha_fused_forward: unsupported N=", sh.N, " D=", sh.D);
+}
+
+bool dcmha_fused_backward_supported(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& dw, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                                    const Tensor& dv, const Tensor& ddw, std::string* why) {
+  if (!dcmha_fused_supported(sh, q, k, v, dw, dout, why)) return false;
+  if (!aligned16(dq.raw()) || !aligned16(dk.raw()) || !aligned16(dv.raw())) {
+    if (why) *why = "gradient pointers not 16-byte aligned";
+    return false;
+  }
+  if (ddw.defined() && ddw.dtype() != DType::bf16) {
+    if (why) *why = "ddw is not bf16";
+    return false;
+  }
+  return true;
+}
+
+void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw, cudaStream_t st) {
+  const Device dev = q.device();
+  const int64_t ND = sh.N * sh.D, WN = (2 * kI + 1) * sh.N;
+  Tensor dq32 = Tensor::zeros({sh.B * sh.T * ND}, DType::f32, dev);
+  Tensor dk32 = Tensor::zeros({sh.B * sh.S * ND}, DType::f32, dev);
+  Tensor dv32 = Tensor::zeros({sh.B * sh.S * ND}, DType::f32, dev);
+  Tensor kws = ddw.defined() ? Tensor::zeros({sh.B * sh.S * 2 * WN}, DType::f32, dev) : Tensor();
+  BwdArgs a;
+  a.q = static_cast<const bf16*>(q.raw());
+  a.k = static_cast<const bf16*>(k.raw());
+  a.v = static_cast<const bf16*>(v.raw());
+  a.dw = static_cast<const bf16*>(dw.raw());
+  a.dout = static_cast<const bf16*>(dout.raw());
+  a.ddw = ddw.defined() ? static_cast<bf16*>(ddw.raw()) : nullptr;
+  a.dq = dq32.data<float>();
+  a.dk = dk32.data<float>();
+  a.dv = dv32.data<float>();
+  a.kws = ddw.defined() ? kws.data<float>() : nullptr;
+  a.T = int(sh.T);
+  a.S = int(sh.S);
+  a.q_pos0 = int(sh.q_pos0);
+  a.window = int(sh.window);
+  const int B = int(sh.B);
+  if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64>(a, B, st);
+  else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
+  else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);
+  else if (sh.N == 32 && sh.D == 128) launch_bwd<32, 128>(a, B, st);
+  else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);
+  accumulate_into(DType::bf16, dq.raw(), DType::f32, dq32.raw(), dq32.numel());
+  accumulate_into(DType::bf16, dk.raw(), DType::f32, dk32.raw(), dk32.numel());
+  accumulate_into(DType::bf16, dv.raw(), DType::f32, dv32.raw(), dv32.numel());
+  if (ddw.defined()) {
+    add_key_grads_kernel<<<unsigned(std::min<int64_t>((sh.B * sh.S * 2 * WN + 255) / 256, 4096)), 256, 0, st>>>(
+        kws.data<float>(), static_cast<bf16*>(ddw.raw()), sh.B * sh.S, int(WN));
+    DCF_CUDA_LAUNCH_CHECK();
+  }
 }
 
 }  // namespace dcf::cuda

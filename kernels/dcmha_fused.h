@@ -1,7 +1,8 @@
-// Fused DCMHA attention forward for Hopper (dcmha.md §4.4): all N heads of a (batch, 16-query tile)
-// in one CTA, two passes over the key tiles (pass 1: per-head row max/sum of the pre-Composed logits;
-// pass 2: recompute, normalise exactly, post-Compose, multiply by V). No B x N x T x S tensor is
-// written; the only state is the 2N row statistics per query row, in shared memory.
+// Fused DCMHA attention for Hopper (dcmha.md §3, §4.4): all N heads of a (batch, 16-query tile) in one
+// CTA. Forward: two passes over the key tiles (pass 1: per-head row max/sum of the pre-Composed logits;
+// pass 2: recompute, normalise exactly, post-Compose, multiply by V). Backward: row statistics, the
+// softmax term Delta, then every gradient in a third pass. No B x N x T x S tensor is written; the
+// backward's extra memory is fp32 gradient workspaces, linear in T.
 // Internal to kernels/ (dcmha.cu dispatches here); see docs/perf/dcmha_fused.md for the design.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -20,5 +21,16 @@ bool dcmha_fused_supported(const DcmhaShape& sh, const Tensor& q, const Tensor& 
 // o [B,T,N,D] (bf16) from q (scaled), k, v and the dynamic weights dw [B,S,4,5,N] (all bf16).
 void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, const void* v, const void* dw, void* o,
                          cudaStream_t st);
+
+// True when dcmha_fused_backward handles this call: the forward's conditions, 16-byte aligned gradients,
+// ddw (if given) in bf16.
+bool dcmha_fused_backward_supported(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& dw, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                                    const Tensor& dv, const Tensor& ddw, std::string* why = nullptr);
+
+// Adds the gradients of o = DCMHA(q, k, v, dw) given dout into dq, dk, dv and (if defined) ddw, all bf16;
+// the same accumulate contract as dcmha_backward. Runs on stream st (= the current stream).
+void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw, cudaStream_t st);
 
 }  // namespace dcf::cuda

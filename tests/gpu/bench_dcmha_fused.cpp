@@ -1,7 +1,9 @@
-// Timing, not a test: the fused DCMHA forward (kernels/dcmha_fused.h) against the v1 DCMHA forward
-// and cuDNN's plain flash attention (kernels/attention_cudnn.h, compose off) on the same shapes, in one
-// run, with CUDA events (warm-up, median of repeats). Sets DCF_DCMHA_IMPL=v1 so dcmha_forward is the
-// v1 path. Prints a table with the ratios. Usage: bench_dcmha_fused [reps]
+// Timing, not a test: the fused DCMHA forward and backward (kernels/dcmha_fused.h) against the v1
+// DCMHA path and cuDNN's plain flash attention (kernels/attention_cudnn.h, compose off) on the same
+// shapes, in one run, with CUDA events (warm-up, median of repeats). Sets DCF_DCMHA_IMPL=v1 so
+// dcmha_forward/backward are the v1 path. Prints two tables: times with the ratios, and the peak device
+// memory of one fused fwd+bwd beyond its inputs at T = 2048, 8192, 32768.
+// Usage: bench_dcmha_fused [reps] [--fwd-only]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -33,11 +35,12 @@ int main(int argc, char** argv) {
     }
     cuda::init();
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
+    const bool fwd_only = argc > 2 && std::string(argv[2]) == "--fwd-only";
     struct Sh {
       int64_t B, T, N, D, W;
     };
-    std::printf("%-28s %9s %9s %9s %9s %9s %9s %9s %10s %10s\n", "shape (causal, bf16)", "fused", "again", "occ1", "v1",
-                "cudnn_f", "cudnn_fb", "fusedTF", "v1/fused", "fused/cuF");
+    std::printf("%-24s %8s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n", "shape (causal, bf16)", "fused_f", "occ1_f",
+                "fused_b", "fused_fb", "v1_f", "v1_fb", "cudnn_f", "cudnn_fb", "fusedTF", "v1/fu_fb", "fu/cuD_fb");
     for (const Sh& c : {Sh{8, 2048, 16, 64, 0}, Sh{8, 2048, 16, 64, 256}, Sh{2, 2048, 32, 128, 0},
                         Sh{2, 2048, 32, 128, 256}, Sh{1, 8192, 16, 64, 0}}) {
       DcmhaShape sh;
@@ -56,18 +59,27 @@ int main(int argc, char** argv) {
       auto run_fused = [&] {
         cuda::dcmha_fused_forward(sh, q.raw(), k.raw(), v.raw(), dw.raw(), o.raw(), cuda::current_stream());
       };
+      Tensor dq = Tensor::zeros(q.shape(), DType::bf16, q.device()), dk = dq.clone(), dv = dq.clone(),
+             ddw = Tensor::zeros(dw.shape(), DType::bf16, q.device());
+      auto run_fused_bwd = [&] {
+        cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream());
+      };
       setenv("DCF_DCMHA_FUSED_OCC", "1", 1);
       double fused_occ1 = c.N == 16 && c.D == 64 ? time_ms(run_fused, reps) : NAN;
       unsetenv("DCF_DCMHA_FUSED_OCC");
       double fused = time_ms(run_fused, reps);
-      double fused_again = time_ms(run_fused, reps);
+      double fused_b = fwd_only ? NAN : time_ms(run_fused_bwd, reps);
+      double fused_fb = fwd_only ? NAN : time_ms([&] { run_fused(); run_fused_bwd(); }, reps);
       double v1 = c.T <= 2048 ? time_ms([&] { dcmha_forward(sh, q, k, v, dw, o); }, 5) : NAN;
+      double v1_fb = c.T <= 2048 && !fwd_only ? time_ms([&] {
+        dcmha_forward(sh, q, k, v, dw, o);
+        dcmha_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw);
+      }, 3) : NAN;
       DcmhaShape pl = sh;
       pl.compose = false;
       double cf = NAN, cfb = NAN;
       if (cuda::cudnn_attention_supported(pl, q, k, v, &why)) {
         Tensor stats = Tensor::empty({c.B, c.N, c.T}, DType::f32, q.device());
-        Tensor dq = Tensor::empty(q.shape(), DType::bf16, q.device()), dk = dq.clone(), dv = dq.clone();
         if (cuda::cudnn_attention_forward(pl, q, k, v, o, &stats)) {
           cf = time_ms([&] { cuda::cudnn_attention_forward(pl, q, k, v, o, &stats); }, reps);
           cfb = time_ms(
@@ -86,12 +98,44 @@ int main(int argc, char** argv) {
       char name[64];
       std::snprintf(name, sizeof name, "B%lld T%lld N%lld D%lld W%lld", (long long)c.B, (long long)c.T,
                     (long long)c.N, (long long)c.D, (long long)c.W);
-      std::printf("%-28s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.1f %10.2f %10.2f\n", name, fused, fused_again,
-                  fused_occ1, v1, cf, cfb,
-                  mm_flop / fused / 1e9, v1 / fused, fused / cf);
+      std::printf("%-24s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.1f %9.2f %9.2f\n", name, fused, fused_occ1,
+                  fused_b, fused_fb, v1, v1_fb, cf, cfb, mm_flop / fused / 1e9, v1_fb / fused_fb, fused_fb / cfb);
     }
-    std::printf("ms, median; cudnn_f / cudnn_fb: plain MHA fwd / fwd+bwd; fusedTF: matmul TFLOP/s of the fused fwd "
-                "(6D per head per allowed cell); occ1: N16 D64 at one CTA/SM (DCF_DCMHA_FUSED_OCC=1)\n");
+    std::printf("ms, median; _f forward, _b backward, _fb forward + backward; cudnn: plain MHA (compose off); fusedTF: "
+                "matmul TFLOP/s of the fused fwd (6D per head per allowed cell); occ1_f: N16 D64 fwd at one CTA/SM\n");
+    if (!fwd_only) {
+      // Memory: peak device bytes of one fused fwd+bwd beyond the inputs and gradients (allocated first).
+      std::printf("\n%-24s %12s %12s %14s\n", "shape (causal, bf16)", "inputs MiB", "extra MiB", "extra B/token");
+      for (int64_t T : {2048, 8192, 32768}) {
+        DcmhaShape sh;
+        sh.B = 1;
+        sh.T = sh.S = T;
+        sh.N = 16;
+        sh.D = 64;
+        sh.I = 2;
+        sh.compose = true;
+        sh.chunk = 256;
+        const size_t before = cuda::memory_stats().allocated_bytes;
+        Tensor q = random_gpu({1, T, 16, 64}, 0.2, 5), k = random_gpu({1, T, 16, 64}, 1, 6),
+               v = random_gpu({1, T, 16, 64}, 1, 7), dw = random_gpu({1, T, 4, 5, 16}, 0.3, 8),
+               dout = random_gpu({1, T, 16, 64}, 1, 9), o = Tensor::empty(q.shape(), DType::bf16, q.device());
+        Tensor dq = Tensor::zeros(q.shape(), DType::bf16, q.device()), dk = dq.clone(), dv = dq.clone(),
+               ddw = Tensor::zeros(dw.shape(), DType::bf16, q.device());
+        cuda::synchronize();
+        const size_t base = cuda::memory_stats().allocated_bytes;
+        cuda::reset_peak_memory();
+        cuda::dcmha_fused_forward(sh, q.raw(), k.raw(), v.raw(), dw.raw(), o.raw(), cuda::current_stream());
+        cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream());
+        cuda::synchronize();
+        const double extra = double(cuda::memory_stats().peak_allocated_bytes - base);
+        char name[64];
+        std::snprintf(name, sizeof name, "B1 T%lld N16 D64 W0", (long long)T);
+        std::printf("%-24s %12.1f %12.1f %14.1f\n", name, double(base - before) / 1048576.0, extra / 1048576.0,
+                    extra / double(T));
+      }
+      std::printf("a materialised B x N x T x S fp32 score tensor would be 4 N T bytes per token: %.0f / %.0f / %.0f\n",
+                  4.0 * 16 * 2048, 4.0 * 16 * 8192, 4.0 * 16 * 32768);
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_dcmha_fused: %s\n", e.what());

@@ -1,8 +1,9 @@
-// The fused DCMHA forward (kernels/dcmha_fused.h) against the CPU reference (kernels/dcmha_cpu.cpp,
-// f32 on the same bf16-rounded inputs) and against the v1 GPU path, on fresh random inputs with
-// dynamic weights of order 0.3 (so Compose matters): N 16/32, D 64/128, T 128/1000/2048, global and
-// local (W 256), and query rows that start inside the sequence. The output is NaN-poisoned before
-// every fused call. This process sets DCF_DCMHA_IMPL=v1, so dcf::dcmha_forward runs the v1 path and
+// The fused DCMHA forward and backward (kernels/dcmha_fused.h) against the CPU reference
+// (kernels/dcmha_cpu.cpp, f32 on the same bf16-rounded inputs) and against the v1 GPU path, on fresh
+// random inputs with dynamic weights of order 0.3 (so Compose matters): N 16/32, D 64/128,
+// T 128/1000/2048/8192, global and local (W 256), and query rows that start inside the sequence. The
+// forward output is NaN-poisoned before every fused call; the backward accumulates into random
+// initial gradients, as dcmha_backward's contract says. This process sets DCF_DCMHA_IMPL=v1, so dcf::dcmha_forward runs the v1 path and
 // the fused kernel is called directly. Seed from the clock (printed); DCF_TEST_SEED=<n> repeats it.
 // Skips with the driver's reason where no GPU is usable.
 #include <gtest/gtest.h>
@@ -142,6 +143,73 @@ TEST_P(DcmhaFused, MatchesCpuAndV1) {
   EXPECT_LE(e_v1, 1e-2);
 }
 
+// Gradients: fused (through dcf::cuda::dcmha_fused_backward) vs the CPU f32 backward and vs v1, every
+// output (dq, dk, dv, ddw) by relative L2 error of the added amount. Bound: 3e-2, and at most twice the
+// v1 path's own error against the CPU (both round P' and dA to bf16 before their GEMMs).
+TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
+  std::string why;
+  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
+  cuda::init();
+  const Case c = GetParam();
+  std::mt19937_64 rng(seed() ^ uint64_t(c.T * 337 + c.N * 11 + c.D + c.window * 9001 + c.q_pos0 + 77));
+  DcmhaShape sh;
+  sh.B = c.B;
+  sh.T = c.T;
+  sh.S = c.S;
+  sh.q_pos0 = c.q_pos0;
+  sh.N = c.N;
+  sh.D = c.D;
+  sh.I = 2;
+  sh.window = c.window;
+  sh.compose = true;
+  sh.chunk = 128;
+  Pair q = random_pair(rng, {c.B, c.T, c.N, c.D}, 1.5 / std::sqrt(double(c.D)));
+  Pair k = random_pair(rng, {c.B, c.S, c.N, c.D}, 1.0);
+  Pair v = random_pair(rng, {c.B, c.S, c.N, c.D}, 1.0);
+  Pair dw = random_pair(rng, {c.B, c.S, 4, 5, c.N}, 0.3);
+  Pair dout = random_pair(rng, {c.B, c.T, c.N, c.D}, 1.0);
+  // Initial gradients (small, so bf16 rounding of the sum stays below the tolerance).
+  Pair g0[4] = {random_pair(rng, q.cpu.shape(), 1e-3), random_pair(rng, k.cpu.shape(), 1e-3),
+                random_pair(rng, v.cpu.shape(), 1e-3), random_pair(rng, dw.cpu.shape(), 1e-3)};
+  Tensor gz[4];
+  ASSERT_TRUE(cuda::dcmha_fused_backward_supported(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, g0[0].gpu, g0[1].gpu,
+                                                   g0[2].gpu, g0[3].gpu, &why))
+      << why;
+
+  Tensor ref[4];
+  for (int i = 0; i < 4; ++i) ref[i] = Tensor::zeros(g0[i].cpu.shape(), DType::f32);
+  dcmha_backward(sh, q.cpu, k.cpu, v.cpu, dw.cpu, dout.cpu, ref[0], ref[1], ref[2], ref[3]);
+
+  Tensor fu[4], v1[4];
+  for (int i = 0; i < 4; ++i) fu[i] = g0[i].gpu.clone(), v1[i] = g0[i].gpu.clone();
+  cuda::dcmha_fused_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fu[0], fu[1], fu[2], fu[3],
+                             cuda::current_stream());
+  dcmha_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, v1[0], v1[1], v1[2], v1[3]);  // v1
+  cuda::synchronize();
+
+  const char* names[4] = {"dq", "dk", "dv", "ddw"};
+  for (int i = 0; i < 4; ++i) {
+    // The amount added: out - initial, in double from the bf16 values.
+    auto added = [&](const Tensor& out) {
+      std::vector<double> o = vals(out), z = vals(g0[i].cpu);
+      Tensor d = Tensor::empty(out.shape(), DType::f32);
+      for (size_t j = 0; j < o.size(); ++j) d.data<float>()[j] = float(o[j] - z[j]);
+      return d;
+    };
+    int64_t nf = 0, nf1 = 0;
+    const Tensor af = added(fu[i]), av = added(v1[i]);
+    const double e_cpu = rel_err(af, ref[i], &nf), e_v1cpu = rel_err(av, ref[i], &nf1);
+    int64_t dummy = 0;
+    const double e_v1 = rel_err(af, av, &dummy);
+    std::cout << "[dcmha-fused-bwd] " << names[i] << " B" << c.B << " T" << c.T << " S" << c.S << " p" << c.q_pos0
+              << " N" << c.N << " D" << c.D << " W" << c.window << ": fused vs cpu " << e_cpu << ", fused vs v1 "
+              << e_v1 << ", v1 vs cpu " << e_v1cpu << std::endl;
+    EXPECT_EQ(nf, 0) << names[i] << ": non-finite gradients";
+    EXPECT_LE(e_cpu, 3e-2) << names[i];
+    EXPECT_LE(e_cpu, 2.0 * e_v1cpu + 1e-3) << names[i];
+  }
+}
+
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   return "B" + std::to_string(c.B) + "_T" + std::to_string(c.T) + "_S" + std::to_string(c.S) + "_p" +
@@ -152,14 +220,17 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, DcmhaFused,
     ::testing::Values(Case{2, 128, 128, 0, 16, 64, 0}, Case{2, 128, 128, 0, 16, 64, 48},
+                      Case{2, 128, 128, 0, 16, 128, 0}, Case{2, 128, 128, 0, 32, 64, 256},
                       Case{2, 1000, 1000, 0, 16, 64, 0}, Case{2, 1000, 1000, 0, 16, 64, 256},
                       Case{1, 2048, 2048, 0, 16, 64, 0}, Case{1, 2048, 2048, 0, 16, 64, 256},
                       Case{2, 128, 128, 0, 32, 128, 0}, Case{1, 1000, 1000, 0, 32, 128, 0},
                       Case{1, 1000, 1000, 0, 32, 128, 256}, Case{1, 2048, 2048, 0, 32, 128, 0},
                       Case{1, 2048, 2048, 0, 32, 128, 256}, Case{1, 1000, 1000, 0, 16, 128, 0},
                       Case{1, 1000, 1000, 0, 16, 128, 256}, Case{1, 1000, 1000, 0, 32, 64, 0},
-                      Case{1, 1000, 1000, 0, 32, 64, 256}, Case{2, 333, 1000, 667, 16, 64, 0},
-                      Case{1, 300, 777, 401, 32, 128, 256}),
+                      Case{1, 1000, 1000, 0, 32, 64, 256}, Case{1, 2048, 2048, 0, 16, 128, 0},
+                      Case{1, 2048, 2048, 0, 32, 64, 256}, Case{1, 8192, 8192, 0, 16, 64, 0},
+                      Case{1, 8192, 8192, 0, 16, 64, 256}, Case{1, 8192, 8192, 0, 32, 128, 256},
+                      Case{2, 333, 1000, 667, 16, 64, 0}, Case{1, 300, 777, 401, 32, 128, 256}),
     case_name);
 
 }  // namespace

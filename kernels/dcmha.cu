@@ -621,6 +621,11 @@ void dcmha_forward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const
     dcmha_fused_forward(sh, q.raw(), k.raw(), v.raw(), dw.raw(), o.raw(), current_stream());
     return;
   }
+  // Statistics requested but not produced on this path: poison them, so a backward that would read
+  // them yields NaN instead of silently wrong gradients.
+  if (sh.softmax_stats)
+    DCF_CUDA_CHECK(cudaMemsetAsync(sh.softmax_stats, 0xff, size_t(sh.B * sh.T * sh.N) * 2 * sizeof(float),
+                                   current_stream()));
   DCF_CUDA_FLOAT_SWITCH(q.dtype(), "dcmha_forward", {
     if (sh.I <= 2)
       forward_impl<2, T>(sh, q.data<T>(), k.data<T>(), v.data<T>(), opt_ptr<T>(dw), o.data<T>(), q.device());

@@ -37,6 +37,7 @@ constexpr int kI = 2;    // Compose rank
 struct FusedArgs {
   const bf16 *q, *k, *v, *dw;
   bf16* o;
+  float2* stats;  // optional [B, T, N] (m, 1/l) out
   int T, S, q_pos0, window;
 };
 
@@ -414,6 +415,11 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
   // ---- pass 1: per-head row max and sum of the pre-Composed, masked logits.
   __syncthreads();  // Qs staged
   row_stats<N>(tl, dwb, kstart, khi, S, scores, cell_ok, st);
+  if (a.stats)
+    for (int idx = tid; idx < N * kBQ; idx += THREADS) {
+      const int n = idx / kBQ, row = idx % kBQ;
+      if (t0 + row < T) a.stats[(int64_t(b) * T + t0 + row) * N + n] = st[idx];
+    }
 
   // ---- pass 2 (once per head group): recompute, normalise, post-Compose, O += P' V.
   for (int gi = 0; gi < G; ++gi) {
@@ -498,12 +504,14 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 //      gradients (branches 0, 2) are row sums, kept in registers and added to ddw at the end; key-side
 //      ones (branches 1, 3) are column sums over the tile's 16 rows, added to an fp32 workspace with
 //      atomics; dQ += dA K, dK += dA^T Q and dV += P'^T dO run on the tensor cores (wmma, P' and dA
-//      staged in shared memory as bf16) and are added to fp32 workspaces with vector atomics.
+//      staged in shared memory as bf16) and are added to fp32 workspaces by bulk asynchronous
+//      reductions (cp.reduce.async.bulk, 256 bytes per row) from shared memory.
 // No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
 
 struct BwdArgs {
   const bf16 *q, *k, *v, *dw, *dout;
   bf16* ddw;                 // query-side branches (0, 2) are added here directly; null: no ddw
+  const float2* stats;       // optional [B, T, N] (m, 1/l) from the forward: pass 1 is skipped
   float *dq, *dk, *dv, *kws;  // fp32 workspaces, zeroed: [B,T,N,D], [B,S,N,D] x 2, [B,S,2,5,N]
   int T, S, q_pos0, window;
 };
@@ -519,7 +527,9 @@ struct BwdCfg {
   static constexpr int QACC_BYTES = 2 * 4 * kBQ * N * 5 * 4;  // final query-side reduction, aliases P'/dA
   static_assert(QACC_BYTES <= 2 * PT_BYTES, "qacc alias");
   static_assert(Tl::RED_BYTES >= 4 * N * kBQ * 8, "part alias");
-  static constexpr int SCR_WARP = 16 * 16 * 2 + 16 * 16 * 4;  // per warp: a bf16 16x16 stage, an f32 16x16 out
+  static constexpr int CB = N == 16 ? 64 : 32;                // d columns per tensor-core block
+  static constexpr int SCR_WARP = 16 * CB * 2 + 16 * CB * 4;  // per warp: bf16 16 x CB operand, then f32 16 x CB out
+  static_assert((16 * CB * 2) % 128 == 0 && SCR_WARP % 128 == 0, "scratch alignment");
   static constexpr int OFF_QW = 0;
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
   static constexpr int OFF_RED = OFF_KW + KW_BYTES;
@@ -527,6 +537,7 @@ struct BwdCfg {
   static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
   static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
   static constexpr int SMEM = OFF_ST + N * kBQ * 12;
+  static_assert(SMEM <= 227 * 1024, "backward shared memory");
   static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0, "wmma alignment");
 };
 
@@ -541,8 +552,32 @@ __device__ __forceinline__ void rs_step(const float (&v)[M], float (&out)[M / 2]
   }
 }
 
-__device__ __forceinline__ void red_add4(float* p, float a, float b, float c, float d) {
-  atomicAdd(reinterpret_cast<float4*>(p), make_float4(a, b, c, d));
+// The weight gradients of one Compose over this tile (dcmha.md §3.1): X its input, Y the gradient of its
+// output, hr the reads of X (a-weights) and er the back-reads of Y (b-weights), both in total_reads
+// layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
+// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
+// column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
+// The 40 partial sums (8 heads x da0, da1, db0, db1, dg) of this thread's two cells in query row o
+// (SIDE 0: cells e = 2 o + i, reads of the query-side weights) or in key column o (SIDE 1: e = 2 i + o,
+// key-side weights).
+template <int SIDE>
+__device__ __forceinline__ void grad_sums(const float (&x)[8][4], const float (&y)[8][4], const float (&hr)[16],
+                                          const float (&er)[16], int o, float (&v)[40]) {
+#pragma unroll
+  for (int h = 0; h < 8; ++h) {
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int e = SIDE ? 2 * i + o : 2 * o + i;
+      const float X = x[h][e], Y = y[h][e];
+      s0 = fmaf(X, er[e * 4 + SIDE], s0);
+      s1 = fmaf(X, er[e * 4 + 2 + SIDE], s1);
+      s2 = fmaf(hr[e * 4 + SIDE], Y, s2);
+      s3 = fmaf(hr[e * 4 + 2 + SIDE], Y, s3);
+      s4 = fmaf(X, Y, s4);
+    }
+    v[h * 5 + 0] = s0, v[h * 5 + 1] = s1, v[h * 5 + 2] = s2, v[h * 5 + 3] = s3, v[h * 5 + 4] = s4;
+  }
 }
 
 // The weight gradients of one Compose over this tile (dcmha.md §3.1): X its input, Y the gradient of its
@@ -556,23 +591,8 @@ __device__ __forceinline__ void compose_grads(const Tile<N>& tl, const float (&x
                                               float* kws_b, int slot, int kb, int S) {
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
-    float v[40];
-#pragma unroll
-    for (int h = 0; h < 8; ++h) {
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
-#pragma unroll
-      for (int ci = 0; ci < 2; ++ci) {
-        const int e = 2 * ri + ci;
-        const float X = x[h][e], Y = y[h][e];
-        s0 = fmaf(X, er[e * 4 + 0], s0);
-        s1 = fmaf(X, er[e * 4 + 2], s1);
-        s2 = fmaf(hr[e * 4 + 0], Y, s2);
-        s3 = fmaf(hr[e * 4 + 2], Y, s3);
-        s4 = fmaf(X, Y, s4);
-      }
-      v[h * 5 + 0] = s0, v[h * 5 + 1] = s1, v[h * 5 + 2] = s2, v[h * 5 + 3] = s3, v[h * 5 + 4] = s4;
-    }
-    float v2[20], v3[10];
+    float v[40], v2[20], v3[10];
+    grad_sums<0>(x, y, hr, er, ri, v);
     rs_step<40>(v, v2, tl.c & 1, 1);
     rs_step<20>(v2, v3, (tl.c >> 1) & 1, 2);
 #pragma unroll
@@ -580,23 +600,8 @@ __device__ __forceinline__ void compose_grads(const Tile<N>& tl, const float (&x
   }
 #pragma unroll
   for (int ci = 0; ci < 2; ++ci) {
-    float v[40];
-#pragma unroll
-    for (int h = 0; h < 8; ++h) {
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
-#pragma unroll
-      for (int ri = 0; ri < 2; ++ri) {
-        const int e = 2 * ri + ci;
-        const float X = x[h][e], Y = y[h][e];
-        s0 = fmaf(X, er[e * 4 + 1], s0);
-        s1 = fmaf(X, er[e * 4 + 3], s1);
-        s2 = fmaf(hr[e * 4 + 1], Y, s2);
-        s3 = fmaf(hr[e * 4 + 3], Y, s3);
-        s4 = fmaf(X, Y, s4);
-      }
-      v[h * 5 + 0] = s0, v[h * 5 + 1] = s1, v[h * 5 + 2] = s2, v[h * 5 + 3] = s3, v[h * 5 + 4] = s4;
-    }
-    float v2[20], v3[10], v4[5];
+    float v[40], v2[20], v3[10], v4[5];
+    grad_sums<1>(x, y, hr, er, ci, v);
     rs_step<40>(v, v2, tl.g & 1, 4);
     rs_step<20>(v2, v3, (tl.g >> 1) & 1, 8);
     rs_step<10>(v3, v4, (tl.g >> 2) & 1, 16);
@@ -610,8 +615,8 @@ __device__ __forceinline__ void compose_grads(const Tile<N>& tl, const float (&x
   }
 }
 
-template <int N, int D>
-__global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
+template <int N, int D, int PROF, int MINB>
+__global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a) {
   using C = BwdCfg<N, D>;
   using namespace nvcuda;
   constexpr int THREADS = Tile<N>::THREADS, NW = Tile<N>::NW, PS = C::PS;
@@ -623,7 +628,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   bf16* Pp = reinterpret_cast<bf16*>(smem + C::OFF_PP);  // [N][kBQ][PS] P' of the tile
   bf16* dAs = Pp + N * kBQ * PS;                          // [N][kBQ][PS] dA of the tile
   bf16* scr_b = reinterpret_cast<bf16*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP);
-  float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + 512);
+  float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + 16 * C::CB * 2);
   float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);                   // [N][kBQ] (m, 1/l)
   float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + N * kBQ * 8);      // [N][kBQ] Delta
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
@@ -658,8 +663,16 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     }
   };
 
-  // ---- pass 1: row statistics.
-  row_stats<N>(tl, dwb, kstart, khi, S, qk_scores, cell_ok, st);
+  // ---- pass 1: row statistics (or the forward's).
+  if (a.stats) {
+    for (int idx = tid; idx < N * kBQ; idx += THREADS) {
+      const int n = idx / kBQ, row = idx % kBQ;
+      st[idx] = t0 + row < T ? a.stats[(int64_t(b) * T + t0 + row) * N + n] : make_float2(-INFINITY, 0.f);
+    }
+    __syncthreads();
+  } else {
+    row_stats<N>(tl, dwb, kstart, khi, S, qk_scores, cell_ok, st);
+  }
 
   // ---- pass A: Delta = rowsum(P * dP).
   {
@@ -706,26 +719,41 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
   using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
   using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-  // 16 rows [row0, row0 + 16) x 16 d of head n of a [rows][N][D] tensor -> scr_b (zero past nrows).
-  auto stage16 = [&](const bf16* base, int row0, int nrows, int n, int d0) {
-    const int r = lane >> 1, half = lane & 1;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (row0 + r < nrows) val = ldg16(base + (int64_t(row0 + r) * N + n) * D + d0 + 8 * half);
+  constexpr int CB = C::CB;
+  // B operand block: rows [row0, row0 + 16) x columns [d0, d0 + CB) of head n of a [rows][N][D] tensor
+  // -> scr_b [16][CB] (16-byte loads, rows past nrows zeroed).
+  auto stage_b = [&](const bf16* base, int row0, int nrows, int n, int d0) {
+    constexpr int PR = CB / 8;  // 16-byte pieces per row
+    uint4 val[16 * PR / 32];
+#pragma unroll
+    for (int i = 0; i < 16 * PR / 32; ++i) {
+      const int idx = lane + 32 * i, r = idx / PR, p = idx % PR;
+      val[i] = make_uint4(0, 0, 0, 0);
+      if (row0 + r < nrows) val[i] = ldg16(base + (int64_t(row0 + r) * N + n) * D + d0 + 8 * p);
+    }
     __syncwarp();
-    *reinterpret_cast<uint4*>(scr_b + r * 16 + 8 * half) = val;
+#pragma unroll
+    for (int i = 0; i < 16 * PR / 32; ++i) {
+      const int idx = lane + 32 * i;
+      *reinterpret_cast<uint4*>(scr_b + (idx / PR) * CB + 8 * (idx % PR)) = val[i];
+    }
     __syncwarp();
   };
-  auto flush = [&](float* ws, int row0, int nrows, int n, int d0, const FragC& acc) {
+  // Adds the 16 x CB fp32 block in scr_f to rows [row0, row0 + 16) (those < nrows), columns
+  // [d0, d0 + CB) of head n of the workspace: one bulk asynchronous reduction (TMA) of 4 CB bytes per
+  // row, issued by lanes 0-15. Returns when scr_f may be written again.
+  auto flush = [&](float* ws, int row0, int nrows, int n, int d0) {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
-    wmma::store_matrix_sync(scr_f, acc, 16, wmma::mem_row_major);
-    __syncwarp();
-    const int r = lane >> 1, half = lane & 1;
-    if (row0 + r < nrows) {
-      float* p = ws + (int64_t(row0 + r) * N + n) * D + d0 + 8 * half;
-      const float* s = scr_f + r * 16 + 8 * half;
-      red_add4(p, s[0], s[1], s[2], s[3]);
-      red_add4(p + 4, s[4], s[5], s[6], s[7]);
+    if (!(PROF & 4) && lane < 16 && row0 + lane < nrows) {
+      float* dst = ws + (int64_t(row0 + lane) * N + n) * D + d0;
+      const uint32_t src = uint32_t(__cvta_generic_to_shared(scr_f + lane * CB));
+      asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+                   :: "l"(dst), "r"(src), "n"(CB * 4) : "memory");
+      asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+      asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     }
+    __syncwarp();
   };
   auto stage_tile = [&](bf16* dst, const float (&x)[8][4]) {
 #pragma unroll
@@ -760,7 +788,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     tl.partial_reads(y, 1, kI);
     __syncthreads();
     tl.total_reads(te);
-    if (kws_b) compose_grads<N>(tl, x, y, tpost, te, qacc[1], kws_b, 1, kb, S);
+    if (kws_b && !(PROF & 2)) compose_grads<N>(tl, x, y, tpost, te, qacc[1], kws_b, 1, kb, S);
     tl.finish(y, 1, 0, te);  // dP
 #pragma unroll
     for (int h = 0; h < 8; ++h)
@@ -770,51 +798,56 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     tl.partial_reads(y, 0, kI);
     __syncthreads();
     tl.total_reads(te);
-    if (kws_b) compose_grads<N>(tl, A, y, tpre, te, qacc[0], kws_b, 0, kb, S);
+    if (kws_b && !(PROF & 2)) compose_grads<N>(tl, A, y, tpre, te, qacc[0], kws_b, 0, kb, S);
     tl.finish(y, 0, 0, te);  // dA
     stage_tile(dAs, y);
     __syncthreads();
-    // Tensor-core products of this tile, two heads per warp.
+    // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d.
 #pragma unroll 1
-    for (int hh = 0; hh < 2; ++hh) {
+    for (int hh = 0; hh < ((PROF & 1) ? 0 : 2); ++hh) {
       const int n = 2 * warp + hh;
       const bf16* dAn = dAs + n * kBQ * PS;
       const bf16* Ppn = Pp + n * kBQ * PS;
 #pragma unroll 1
-      for (int d0 = 0; d0 < D; d0 += 16) {
-        FragC acc;
+      for (int cb = 0; cb < D; cb += CB) {
+        FragC acc[CB / 16];
         FragB fb;
-        // dQ[t0.., n, d0..] += dA (16 x 32) K (32 x 16)
-        wmma::fill_fragment(acc, 0.f);
+        // dQ[t0.., n, cb..] += dA (16 x 32) K (32 x CB)
+#pragma unroll
+        for (int d = 0; d < CB / 16; ++d) wmma::fill_fragment(acc[d], 0.f);
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
           FragA fa;
-          stage16(kb_, kb + 16 * kk, S, n, d0);
+          stage_b(kb_, kb + 16 * kk, S, n, cb);
           wmma::load_matrix_sync(fa, dAn + 16 * kk, PS);
-          wmma::load_matrix_sync(fb, scr_b, 16);
-          wmma::mma_sync(acc, fa, fb, acc);
-        }
-        flush(a.dq + int64_t(b) * T * N * D, t0, T, n, d0, acc);
-        // dK[kb.., n, d0..] += dA^T (32 x 16) Q (16 x 16); dV += P'^T dO likewise.
-        stage16(qb, t0, T, n, d0);
-        wmma::load_matrix_sync(fb, scr_b, 16);
 #pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          FragAt fa;
-          wmma::fill_fragment(acc, 0.f);
-          wmma::load_matrix_sync(fa, dAn + 16 * kk, PS);
-          wmma::mma_sync(acc, fa, fb, acc);
-          flush(a.dk + int64_t(b) * S * N * D, kb + 16 * kk, S, n, d0, acc);
+          for (int d = 0; d < CB / 16; ++d) {
+            wmma::load_matrix_sync(fb, scr_b + 16 * d, CB);
+            wmma::mma_sync(acc[d], fa, fb, acc[d]);
+          }
         }
-        stage16(dob, t0, T, n, d0);
-        wmma::load_matrix_sync(fb, scr_b, 16);
 #pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          FragAt fa;
-          wmma::fill_fragment(acc, 0.f);
-          wmma::load_matrix_sync(fa, Ppn + 16 * kk, PS);
-          wmma::mma_sync(acc, fa, fb, acc);
-          flush(a.dv + int64_t(b) * S * N * D, kb + 16 * kk, S, n, d0, acc);
+        for (int d = 0; d < CB / 16; ++d) wmma::store_matrix_sync(scr_f + 16 * d, acc[d], CB, wmma::mem_row_major);
+        flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
+        // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
+#pragma unroll 1
+        for (int which = 0; which < 2; ++which) {
+          stage_b(which ? dob : qb, t0, T, n, cb);
+          const bf16* src = which ? Ppn : dAn;
+          float* ws = (which ? a.dv : a.dk) + int64_t(b) * S * N * D;
+#pragma unroll
+          for (int kk = 0; kk < 2; ++kk) {
+            FragAt fa;
+            wmma::load_matrix_sync(fa, src + 16 * kk, PS);
+#pragma unroll
+            for (int d = 0; d < CB / 16; ++d) {
+              wmma::fill_fragment(acc[d], 0.f);
+              wmma::load_matrix_sync(fb, scr_b + 16 * d, CB);
+              wmma::mma_sync(acc[d], fa, fb, acc[d]);
+              wmma::store_matrix_sync(scr_f + 16 * d, acc[d], CB, wmma::mem_row_major);
+            }
+            flush(ws, kb + 16 * kk, S, n, cb);
+          }
         }
       }
     }
@@ -867,10 +900,10 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 }
 
 
-template <int N, int D>
+template <int N, int D, int PROF = 0, int MINB = 1>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
   using C = BwdCfg<N, D>;
-  auto kern = dcmha_fused_bwd_kernel<N, D>;
+  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, MINB>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
   kern<<<grid, Tile<N>::THREADS, C::SMEM, st>>>(a);
@@ -907,6 +940,7 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
   a.v = static_cast<const bf16*>(v);
   a.dw = static_cast<const bf16*>(dw);
   a.o = static_cast<bf16*>(o);
+  a.stats = reinterpret_cast<float2*>(sh.softmax_stats);
   a.T = int(sh.T);
   a.S = int(sh.S);
   a.q_pos0 = int(sh.q_pos0);
@@ -940,7 +974,8 @@ bool dcmha_fused_backward_supported(const DcmhaShape& sh, const Tensor& q, const
 }
 
 void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
-                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw, cudaStream_t st) {
+                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw, cudaStream_t st,
+                          int ablate) {
   const Device dev = q.device();
   const int64_t ND = sh.N * sh.D, WN = (2 * kI + 1) * sh.N;
   Tensor dq32 = Tensor::zeros({sh.B * sh.T * ND}, DType::f32, dev);
@@ -954,6 +989,7 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.dw = static_cast<const bf16*>(dw.raw());
   a.dout = static_cast<const bf16*>(dout.raw());
   a.ddw = ddw.defined() ? static_cast<bf16*>(ddw.raw()) : nullptr;
+  a.stats = reinterpret_cast<const float2*>(sh.softmax_stats);
   a.dq = dq32.data<float>();
   a.dk = dk32.data<float>();
   a.dv = dv32.data<float>();
@@ -963,8 +999,20 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.q_pos0 = int(sh.q_pos0);
   a.window = int(sh.window);
   const int B = int(sh.B);
-  if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64>(a, B, st);
-  else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
+  if (ablate != 0) {
+    DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate > 0 && ablate < 8, "dcmha_fused_backward: ablation ", ablate,
+              " is built for N16 D64 only");
+    if (ablate == 1) launch_bwd<16, 64, 1>(a, B, st);
+    else if (ablate == 2) launch_bwd<16, 64, 2>(a, B, st);
+    else if (ablate == 3) launch_bwd<16, 64, 3>(a, B, st);
+    else if (ablate == 4) launch_bwd<16, 64, 4>(a, B, st);
+    else DCF_CHECK(false, "dcmha_fused_backward: ablation ", ablate, " not built");
+  } else if (sh.N == 16 && sh.D == 64) {
+    // DCF_DCMHA_FUSED_BWD_OCC=2 (read at every call): two CTAs per SM at 128 registers, for timing.
+    const char* occ = std::getenv("DCF_DCMHA_FUSED_BWD_OCC");
+    if (occ && occ[0] == '2') launch_bwd<16, 64, 0, 2>(a, B, st);
+    else launch_bwd<16, 64>(a, B, st);
+  } else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);
   else if (sh.N == 32 && sh.D == 128) launch_bwd<32, 128>(a, B, st);
   else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);

@@ -66,6 +66,11 @@ struct DcmhaShape {
   int64_t window = 0;  // 0: global causal; W > 0: keys t-W+1 .. t
   bool compose = true;
   int64_t chunk = 64;
+  // Optional device buffer of B*T*N float pairs (fp32): the per-head softmax statistics (row max, 1/sum)
+  // of the pre-Composed logits. When set on a CUDA call, the fused DCMHA forward writes them (other
+  // forward paths fill it with NaN) and the fused backward reads them instead of recomputing them. The
+  // caller passes the same buffer, unchanged, to the backward of the same forward. CPU paths ignore it.
+  float* softmax_stats = nullptr;
 };
 void dcmha_forward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                    Tensor& o);

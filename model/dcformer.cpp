@@ -219,10 +219,15 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   // Attention core
   s.o = new_tensor({B, T, Nl, D});
   DcmhaShape cs = core_shape(L, B);
-  if (tp_ && tp_->size() > 1)
+  if (tp_ && tp_->size() > 1) {
     tp_->dcmha_core_forward(cs, s.q, s.k, s.v, s.dw, s.o);
-  else
+  } else {
+    if (spec_.compose && dev_.is_cuda()) {  // kept for the backward (skips its statistics pass)
+      s.attn_stats = Tensor::empty({B, T, Nl, 2}, DType::f32, dev_);
+      cs.softmax_stats = s.attn_stats.data<float>();
+    }
     dcmha_forward(cs, s.q, s.k, s.v, s.dw, s.o);
+  }
   // Output projection (row-parallel) + residual
   s.x_mid = x.clone();
   Tensor attn_out = new_tensor({R, E});
@@ -282,7 +287,9 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
     tp_->dcmha_core_backward(cs, s.q, s.k, s.v, s.dw, d_o, dq, dk, dv, ddw);
     if (spec_.compose) sum_tp_partials(ddw);  // each rank holds the partial of its query rows
   } else {
+    if (s.attn_stats.defined()) cs.softmax_stats = s.attn_stats.data<float>();
     dcmha_backward(cs, s.q, s.k, s.v, s.dw, d_o, dq, dk, dv, ddw);
+    s.attn_stats = Tensor();
   }
   // Back through q scaling, RoPE, qk-norm
   scale_(dq, 1.0 / std::sqrt(double(D)));

@@ -17,6 +17,7 @@ struct LayerSaved {
   Tensor q, k, v;                        // after qk-norm and RoPE; q scaled by 1/sqrt(D)
   Tensor hpre, hg, y, z, dw, read_rms;   // dynamic weights
   Tensor o, x_mid, h2, rstd2, gate, up, act;
+  Tensor attn_stats;  // fp32 [B, T, N, 2] softmax statistics of the fused DCMHA core (CUDA, compose, no TP)
 };
 
 struct MicroBatch {

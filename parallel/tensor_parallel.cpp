@@ -121,6 +121,7 @@ class TensorParallel : public TensorParallelOps {
 
   DcmhaShape block_shape(const DcmhaShape& s, const Exchange& x, int blk) const {
     DcmhaShape bs = s;
+    bs.softmax_stats = nullptr;  // the statistics buffer is per call shape; blocks recompute theirs
     bs.N = s.N * size();
     bs.T = x.z.block_rows;
     bs.q_pos0 = blk == 0 ? x.z.first_begin : x.z.second_begin;

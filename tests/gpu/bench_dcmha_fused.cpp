@@ -69,7 +69,14 @@ int main(int argc, char** argv) {
       unsetenv("DCF_DCMHA_FUSED_OCC");
       double fused = time_ms(run_fused, reps);
       double fused_b = fwd_only ? NAN : time_ms(run_fused_bwd, reps);
-      double fused_fb = fwd_only ? NAN : time_ms([&] { run_fused(); run_fused_bwd(); }, reps);
+      // fwd+bwd as the model runs it: the forward's softmax statistics are kept for the backward.
+      Tensor stats_buf = Tensor::empty({c.B, c.T, c.N, 2}, DType::f32, q.device());
+      DcmhaShape shs = sh;
+      shs.softmax_stats = stats_buf.data<float>();
+      double fused_fb = fwd_only ? NAN : time_ms([&] {
+        cuda::dcmha_fused_forward(shs, q.raw(), k.raw(), v.raw(), dw.raw(), o.raw(), cuda::current_stream());
+        cuda::dcmha_fused_backward(shs, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream());
+      }, reps);
       double v1 = c.T <= 2048 ? time_ms([&] { dcmha_forward(sh, q, k, v, dw, o); }, 5) : NAN;
       double v1_fb = c.T <= 2048 && !fwd_only ? time_ms([&] {
         dcmha_forward(sh, q, k, v, dw, o);
@@ -100,8 +107,22 @@ int main(int argc, char** argv) {
                     (long long)c.N, (long long)c.D, (long long)c.W);
       std::printf("%-24s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.1f %9.2f %9.2f\n", name, fused, fused_occ1,
                   fused_b, fused_fb, v1, v1_fb, cf, cfb, mm_flop / fused / 1e9, v1_fb / fused_fb, fused_fb / cfb);
+      if (c.N == 16 && c.D == 64 && !fwd_only) {  // where the backward's time goes (timing-only builds)
+        std::printf("  bwd ablations:");
+        for (int ab : {1, 2, 3, 4}) {
+          const double t = time_ms(
+              [&] { cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream(), ab); },
+              reps);
+          std::printf(" %s %.3f", ab == 1 ? "no-tensor-core-stage" : ab == 2 ? "no-weight-grads" : ab == 3 ? "neither" : "no-atomics", t);
+        }
+        setenv("DCF_DCMHA_FUSED_BWD_OCC", "2", 1);
+        const double occ2 = time_ms(run_fused_bwd, reps);
+        unsetenv("DCF_DCMHA_FUSED_BWD_OCC");
+        std::printf(" (ms; full %.3f; 2 CTAs/SM %.3f)\n", fused_b, occ2);
+      }
     }
-    std::printf("ms, median; _f forward, _b backward, _fb forward + backward; cudnn: plain MHA (compose off); fusedTF: "
+    std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "
+                "backward reading the forward's statistics); cudnn: plain MHA (compose off); fusedTF: "
                 "matmul TFLOP/s of the fused fwd (6D per head per allowed cell); occ1_f: N16 D64 fwd at one CTA/SM\n");
     if (!fwd_only) {
       // Memory: peak device bytes of one fused fwd+bwd beyond the inputs and gradients (allocated first).

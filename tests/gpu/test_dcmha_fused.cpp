@@ -93,6 +93,19 @@ struct Case {
   int64_t B, T, S, q_pos0, N, D, window;
 };
 
+DcmhaShape shape_of(const Case& c) {
+  DcmhaShape sh;
+  sh.B = c.B;
+  sh.T = c.T;
+  sh.S = c.S;
+  sh.q_pos0 = c.q_pos0;
+  sh.N = c.N;
+  sh.D = c.D;
+  sh.window = c.window;
+  sh.chunk = 128;  // the v1 path's query chunk; I = 2 and compose on are the defaults
+  return sh;
+}
+
 class DcmhaFused : public ::testing::TestWithParam<Case> {};
 
 TEST_P(DcmhaFused, MatchesCpuAndV1) {
@@ -102,17 +115,7 @@ TEST_P(DcmhaFused, MatchesCpuAndV1) {
   cuda::init();
   const Case c = GetParam();
   std::mt19937_64 rng(seed() ^ uint64_t(c.T * 131 + c.N * 7 + c.D + c.window * 1009 + c.q_pos0));
-  DcmhaShape sh;
-  sh.B = c.B;
-  sh.T = c.T;
-  sh.S = c.S;
-  sh.q_pos0 = c.q_pos0;
-  sh.N = c.N;
-  sh.D = c.D;
-  sh.I = 2;
-  sh.window = c.window;
-  sh.compose = true;
-  sh.chunk = 128;
+  const DcmhaShape sh = shape_of(c);
   const int64_t W5 = 5;
   Pair q = random_pair(rng, {c.B, c.T, c.N, c.D}, 1.5 / std::sqrt(double(c.D)));
   Pair k = random_pair(rng, {c.B, c.S, c.N, c.D}, 1.0);
@@ -152,17 +155,7 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   cuda::init();
   const Case c = GetParam();
   std::mt19937_64 rng(seed() ^ uint64_t(c.T * 337 + c.N * 11 + c.D + c.window * 9001 + c.q_pos0 + 77));
-  DcmhaShape sh;
-  sh.B = c.B;
-  sh.T = c.T;
-  sh.S = c.S;
-  sh.q_pos0 = c.q_pos0;
-  sh.N = c.N;
-  sh.D = c.D;
-  sh.I = 2;
-  sh.window = c.window;
-  sh.compose = true;
-  sh.chunk = 128;
+  const DcmhaShape sh = shape_of(c);
   Pair q = random_pair(rng, {c.B, c.T, c.N, c.D}, 1.5 / std::sqrt(double(c.D)));
   Pair k = random_pair(rng, {c.B, c.S, c.N, c.D}, 1.0);
   Pair v = random_pair(rng, {c.B, c.S, c.N, c.D}, 1.0);
@@ -185,6 +178,16 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   cuda::dcmha_fused_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fu[0], fu[1], fu[2], fu[3],
                              cuda::current_stream());
   dcmha_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, v1[0], v1[1], v1[2], v1[3]);  // v1
+  // Again with the softmax statistics written by the fused forward (the backward skips its pass 1).
+  Tensor st = Tensor::empty({c.B, c.T, c.N, 2}, DType::f32, q.gpu.device());
+  Tensor fs[4];
+  for (int i = 0; i < 4; ++i) fs[i] = g0[i].gpu.clone();
+  DcmhaShape shs = sh;
+  shs.softmax_stats = st.data<float>();
+  Tensor o = Tensor::empty(q.gpu.shape(), DType::bf16, q.gpu.device());
+  cuda::dcmha_fused_forward(shs, q.gpu.raw(), k.gpu.raw(), v.gpu.raw(), dw.gpu.raw(), o.raw(), cuda::current_stream());
+  cuda::dcmha_fused_backward(shs, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fs[0], fs[1], fs[2], fs[3],
+                             cuda::current_stream());
   cuda::synchronize();
 
   const char* names[4] = {"dq", "dk", "dv", "ddw"};
@@ -196,15 +199,20 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
       for (size_t j = 0; j < o.size(); ++j) d.data<float>()[j] = float(o[j] - z[j]);
       return d;
     };
-    int64_t nf = 0, nf1 = 0;
-    const Tensor af = added(fu[i]), av = added(v1[i]);
+    int64_t nf = 0, nf1 = 0, nfs = 0;
+    const Tensor af = added(fu[i]), av = added(v1[i]), as = added(fs[i]);
     const double e_cpu = rel_err(af, ref[i], &nf), e_v1cpu = rel_err(av, ref[i], &nf1);
+    const double e_stats = rel_err(as, ref[i], &nfs);
     int64_t dummy = 0;
     const double e_v1 = rel_err(af, av, &dummy);
     std::cout << "[dcmha-fused-bwd] " << names[i] << " B" << c.B << " T" << c.T << " S" << c.S << " p" << c.q_pos0
               << " N" << c.N << " D" << c.D << " W" << c.window << ": fused vs cpu " << e_cpu << ", fused vs v1 "
-              << e_v1 << ", v1 vs cpu " << e_v1cpu << std::endl;
+              << e_v1 << ", v1 vs cpu " << e_v1cpu << ", fused with forward statistics vs cpu " << e_stats
+              << std::endl;
     EXPECT_EQ(nf, 0) << names[i] << ": non-finite gradients";
+    EXPECT_EQ(nfs, 0) << names[i] << ": non-finite gradients (forward statistics)";
+    EXPECT_LE(e_stats, 3e-2) << names[i];
+    EXPECT_LE(e_stats, 2.0 * e_v1cpu + 1e-3) << names[i];
     EXPECT_LE(e_cpu, 3e-2) << names[i];
     EXPECT_LE(e_cpu, 2.0 * e_v1cpu + 1e-3) << names[i];
   }

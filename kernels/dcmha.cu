@@ -527,6 +527,17 @@ void backward_impl(const DcmhaShape& sh, const T* q, const T* k, const T* v, con
   for (int64_t c0 = 0; c0 < sh.T; c0 += sh.chunk) {
     ChunkArgs g = chunk_args(sh, c0);
     const int64_t rows = sh.B * N * g.Qc;
+    // Dynamic-weight grads of one Compose (X its input, dY its output gradient, H the reads the
+    // Compose backward left): query side (branch cq, row sums) and key side (cq + 1, column sums).
+    auto weight_grads = [&](const A* X, const A* dY, int cq) {
+      query_side_grads_kernel<IM, A>
+          <<<dim3(unsigned(g.Qc), unsigned(N), unsigned(sh.B)), kThreads, 0, st>>>(g, X, dY, H, ddw_acc, cq);
+      DCF_CUDA_LAUNCH_CHECK();
+      key_side_grads_kernel<IM, A>
+          <<<dim3(unsigned((g.Sc + kThreads - 1) / kThreads), unsigned(N), unsigned(sh.B)), kThreads, 0, st>>>(
+              g, X, dY, H, ddw_acc, cq + 1);
+      DCF_CUDA_LAUNCH_CHECK();
+    };
     chunk_scores<T, A>(sh, g, c0, q, k, Abuf);
     A* P = nullptr;
     chunk_probs<IM, T, A>(sh, g, dw, Abuf, Pbuf, P2, &P);
@@ -540,15 +551,7 @@ void backward_impl(const DcmhaShape& sh, const T* q, const T* k, const T* v, con
       compose_backward_kernel<IM, T, A, A>
           <<<cell_grid(g, sh.B, cl.cols), cl.cols, cl.smem, st>>>(g, Pbuf, G, dPbuf, H, dw, 2, 3);
       DCF_CUDA_LAUNCH_CHECK();
-      if (want_ddw) {
-        query_side_grads_kernel<IM, A>
-            <<<dim3(unsigned(g.Qc), unsigned(N), unsigned(sh.B)), kThreads, 0, st>>>(g, Pbuf, G, H, ddw_acc, 2);
-        DCF_CUDA_LAUNCH_CHECK();
-        key_side_grads_kernel<IM, A>
-            <<<dim3(unsigned((g.Sc + kThreads - 1) / kThreads), unsigned(N), unsigned(sh.B)), kThreads, 0, st>>>(
-                g, Pbuf, G, H, ddw_acc, 3);
-        DCF_CUDA_LAUNCH_CHECK();
-      }
+      if (want_ddw) weight_grads(Pbuf, G, 2);
     }
     // Softmax backward, in place: dP -> dZ.
     softmax_backward_kernel<A><<<row_blocks(rows), 256, 0, st>>>(g, P, dPbuf, rows);
@@ -560,15 +563,7 @@ void backward_impl(const DcmhaShape& sh, const T* q, const T* k, const T* v, con
       compose_backward_kernel<IM, T, T, A>
           <<<cell_grid(g, sh.B, cl.cols), cl.cols, cl.smem, st>>>(g, Abuf, dPbuf, dA, H, dw, 0, 1);
       DCF_CUDA_LAUNCH_CHECK();
-      if (want_ddw) {
-        query_side_grads_kernel<IM, A>
-            <<<dim3(unsigned(g.Qc), unsigned(N), unsigned(sh.B)), kThreads, 0, st>>>(g, Abuf, dPbuf, H, ddw_acc, 0);
-        DCF_CUDA_LAUNCH_CHECK();
-        key_side_grads_kernel<IM, A>
-            <<<dim3(unsigned((g.Sc + kThreads - 1) / kThreads), unsigned(N), unsigned(sh.B)), kThreads, 0, st>>>(
-                g, Abuf, dPbuf, H, ddw_acc, 1);
-        DCF_CUDA_LAUNCH_CHECK();
-      }
+      if (want_ddw) weight_grads(Abuf, dPbuf, 0);
     } else {
       convert_kernel<T, A><<<grid_for(sh.B * N * g.cell), 256, 0, st>>>(dPbuf, dA, sh.B * N * g.cell);
       DCF_CUDA_LAUNCH_CHECK();

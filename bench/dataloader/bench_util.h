@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/scratch.h"
+
 namespace dcf::data::bench {
 
 namespace fs = std::filesystem;
@@ -75,21 +77,6 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() / ("dcf_bench_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using TempDir = dcf::scratch::TempDir;
 
 }  // namespace dcf::data::bench

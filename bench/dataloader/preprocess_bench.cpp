@@ -16,18 +16,7 @@ using namespace dcf::data::bench;
 
 namespace {
 std::string json_line(const std::string& text) {
-  std::string o = "{\"text\": \"";
-  for (unsigned char c : text) {
-    if (c == '"') o += "\\\"";
-    else if (c == '\\') o += "\\\\";
-    else if (c == '\n') o += "\\n";
-    else if (c < 0x20) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\u%04x", c);
-      o += b;
-    } else o.push_back(static_cast<char>(c));
-  }
-  return o + "\", \"meta\": {\"pile_set_name\": \"sotu\"}}\n";
+  return "{\"text\": " + dcf::scratch::json_quote(text) + ", \"meta\": {\"pile_set_name\": \"sotu\"}}\n";
 }
 }  // namespace
 

@@ -16,23 +16,8 @@
 namespace dcf::data::testing {
 namespace {
 
-std::string json_escape(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"') o += "\\\"";
-    else if (c == '\\') o += "\\\\";
-    else if (c == '\n') o += "\\n";
-    else if (c < 0x20) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\u%04x", c);
-      o += b;
-    } else o.push_back(static_cast<char>(c));
-  }
-  return o + "\"";
-}
-
 std::string pile_line(const std::string& text) {
-  return "{\"text\": " + json_escape(text) + ", \"meta\": {\"pile_set_name\": \"test\"}}";
+  return "{\"text\": " + dcf::scratch::json_quote(text) + ", \"meta\": {\"pile_set_name\": \"test\"}}";
 }
 
 std::vector<std::string> random_texts(size_t n, uint64_t seed) {

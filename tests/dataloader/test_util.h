@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/scratch.h"
+
 namespace dcf::data::testing {
 
 namespace fs = std::filesystem;
@@ -36,23 +38,7 @@ inline bool require_npm_assets() {
   return ok;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() / ("dcf_data_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using TempDir = dcf::scratch::TempDir;
 
 inline std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -20,24 +20,12 @@
 #include "kernels/cuda_runtime.h"
 #include "kernels/dcmha_fused.h"
 #include "kernels/ops.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace dcf {
 namespace {
 
 const int kForceV1 = (setenv("DCF_DCMHA_IMPL", "v1", 1), 0);
-
-uint16_t f2bf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-float bf2f(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 struct Pair {
   Tensor cpu;  // f32, the bf16-rounded values
@@ -48,24 +36,16 @@ Pair random_pair(std::mt19937_64& rng, const Shape& s, double scale) {
   std::normal_distribution<double> d(0.0, scale);
   Tensor h = Tensor::empty(s, DType::bf16), f = Tensor::empty(s, DType::f32);
   for (int64_t i = 0; i < h.numel(); ++i) {
-    uint16_t b = f2bf(float(d(rng)));
+    uint16_t b = gpu_test::f32_to_bf16(float(d(rng)));
     h.data<uint16_t>()[i] = b;
-    f.data<float>()[i] = bf2f(b);
+    f.data<float>()[i] = gpu_test::bf16_to_f32(b);
   }
   return {f, h.to(Device::cuda(cuda::current_device()))};
 }
 
-std::vector<double> vals(const Tensor& t0) {
-  Tensor t = t0.device().is_cpu() ? t0 : t0.to(Device::cpu());
-  std::vector<double> v(size_t(t.numel()));
-  for (int64_t i = 0; i < t.numel(); ++i)
-    v[i] = t.dtype() == DType::bf16 ? bf2f(t.data<uint16_t>()[i]) : t.data<float>()[i];
-  return v;
-}
-
 // ||a - b|| / ||b||; counts non-finite elements of a.
 double rel_err(const Tensor& a, const Tensor& b, int64_t* nonfinite) {
-  std::vector<double> x = vals(a), y = vals(b);
+  std::vector<double> x = gpu_test::values(a), y = gpu_test::values(b);
   double num = 0, den = 0;
   *nonfinite = 0;
   for (size_t i = 0; i < x.size(); ++i) {
@@ -79,15 +59,7 @@ double rel_err(const Tensor& a, const Tensor& b, int64_t* nonfinite) {
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
 }
 
-uint64_t seed() {
-  static const uint64_t s = [] {
-    uint64_t v = std::getenv("DCF_TEST_SEED") ? std::strtoull(std::getenv("DCF_TEST_SEED"), nullptr, 10)
-                                              : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
-    std::cout << "[dcmha-fused] seed = " << v << std::endl;
-    return v;
-  }();
-  return s;
-}
+uint64_t seed() { return gpu_test::run_seed("dcmha-fused"); }
 
 struct Case {
   int64_t B, T, S, q_pos0, N, D, window;
@@ -194,7 +166,7 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   for (int i = 0; i < 4; ++i) {
     // The amount added: out - initial, in double from the bf16 values.
     auto added = [&](const Tensor& out) {
-      std::vector<double> o = vals(out), z = vals(g0[i].cpu);
+      std::vector<double> o = gpu_test::values(out), z = gpu_test::values(g0[i].cpu);
       Tensor d = Tensor::empty(out.shape(), DType::f32);
       for (size_t j = 0; j < o.size(); ++j) d.data<float>()[j] = float(o[j] - z[j]);
       return d;

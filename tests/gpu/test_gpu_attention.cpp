@@ -24,53 +24,16 @@
 #include "kernels/cuda_ops.h"
 #include "kernels/cuda_runtime.h"
 #include "kernels/ops.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace dcf {
 namespace {
 
-uint64_t run_seed() {
-  static const uint64_t seed = [] {
-    uint64_t s;
-    if (const char* e = std::getenv("DCF_TEST_SEED"))
-      s = std::strtoull(e, nullptr, 10);
-    else
-      s = static_cast<uint64_t>(std::chrono::high_resolution_clock::now().time_since_epoch().count());
-    std::cout << "[gpu-attention] seed = " << s << " (DCF_TEST_SEED=" << s << " repeats this run)" << std::endl;
-    return s;
-  }();
-  return seed;
-}
-
-uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float bf16_to_f32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-Device gpu() { return Device::cuda(cuda::current_device()); }
-
-// Host values of a tensor (any device; f32, f64, bf16).
-std::vector<double> values(const Tensor& t0) {
-  Tensor t = t0.device().is_cpu() ? t0 : t0.to(Device::cpu());
-  std::vector<double> v(size_t(t.numel()));
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    switch (t.dtype()) {
-      case DType::f32: v[i] = t.data<float>()[i]; break;
-      case DType::f64: v[i] = t.data<double>()[i]; break;
-      case DType::bf16: v[i] = bf16_to_f32(t.data<uint16_t>()[i]); break;
-      default: ADD_FAILURE() << "values(): dtype " << dtype_name(t.dtype());
-    }
-  }
-  return v;
-}
+uint64_t run_seed() { return gpu_test::run_seed("gpu-attention"); }
+using gpu_test::bf16_to_f32;
+using gpu_test::f32_to_bf16;
+using gpu_test::gpu;
+using gpu_test::values;
 
 // Host master values (double) -> a tensor of dtype dt on dev, rounded to bf16 first.
 Tensor make(const std::vector<double>& m, const Shape& s, DType dt, Device dev) {
@@ -122,7 +85,7 @@ void expect_close(const std::vector<double>& g, const std::vector<double>& r, do
   EXPECT_LE(rel, tol) << what << ": relative error " << rel << " over " << g.size() << " elements";
 }
 
-constexpr double kTol = 1e-2;  // bf16 operands, fp32 accumulation (METHOD.md: 1e-3 .. 1e-2)
+constexpr double kTol = 1e-2;  // bf16 operands, fp32 accumulation
 
 class ScopedEnv {
  public:

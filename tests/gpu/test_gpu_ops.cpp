@@ -21,24 +21,14 @@
 #include "kernels/cuda_ops.h"      // defines: dcf::cuda::gemm_ex (mixed output), cast
 #include "kernels/cuda_runtime.h"  // defines: cuda_available, init, memory_stats, StreamGuard
 #include "kernels/ops.h"           // defines: the op set, dispatched by device
+#include "tests/gpu/gpu_test_util.h"
 
 namespace dcf {
 namespace {
 
 // ---- seed, bf16 and host helpers ---------------------------------------------------------------
 
-uint64_t run_seed() {
-  static const uint64_t seed = [] {
-    uint64_t s;
-    if (const char* e = std::getenv("DCF_TEST_SEED"))
-      s = std::strtoull(e, nullptr, 10);
-    else
-      s = static_cast<uint64_t>(std::chrono::high_resolution_clock::now().time_since_epoch().count());
-    std::cout << "[gpu-ops] seed = " << s << " (DCF_TEST_SEED=" << s << " repeats this run)" << std::endl;
-    return s;
-  }();
-  return seed;
-}
+uint64_t run_seed() { return gpu_test::run_seed("gpu-ops"); }
 
 uint64_t fnv(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
@@ -46,38 +36,11 @@ uint64_t fnv(const std::string& s) {
   return h;
 }
 
-uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
-  u += 0x7fffu + ((u >> 16) & 1u);                      // round to nearest even
-  return static_cast<uint16_t>(u >> 16);
-}
-float bf16_to_f32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using gpu_test::bf16_to_f32;
+using gpu_test::f32_to_bf16;
+using gpu_test::gpu;
+using gpu_test::values;
 
-Device gpu() { return Device::cuda(cuda::current_device()); }
-
-std::vector<double> values(const Tensor& t0) {
-  Tensor t = t0.device().is_cpu() ? t0 : t0.to(Device::cpu());
-  std::vector<double> v(size_t(t.numel()));
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    switch (t.dtype()) {
-      case DType::f32: v[i] = t.data<float>()[i]; break;
-      case DType::f64: v[i] = t.data<double>()[i]; break;
-      case DType::bf16: v[i] = bf16_to_f32(t.data<uint16_t>()[i]); break;
-      case DType::i32: v[i] = t.data<int32_t>()[i]; break;
-      default: ADD_FAILURE() << "values(): dtype " << dtype_name(t.dtype());
-    }
-  }
-  return v;
-}
-
-// A CPU tensor of dtype dt holding src's values (rounded to dt).
 Tensor convert(const Tensor& src, DType dt) {
   std::vector<double> v = values(src);
   Tensor t = Tensor::empty(src.shape(), dt);

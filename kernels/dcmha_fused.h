@@ -31,7 +31,7 @@ bool dcmha_fused_backward_supported(const DcmhaShape& sh, const Tensor& q, const
 // Adds the gradients of o = DCMHA(q, k, v, dw) given dout into dq, dk, dv and (if defined) ddw, all bf16;
 // the same accumulate contract as dcmha_backward. Runs on stream st (= the current stream).
 // ablate != 0 (N16 D64 only, wrong results, for timing): 1 skips the tensor-core stage, 2 the weight
-// gradients, 3 both, 4 only the atomics of the tensor-core stage.
+// gradients, 3 both, 4 only the reductions (bulk adds to global memory) of the tensor-core stage.
 void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                           const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw, cudaStream_t st,
                           int ablate = 0);

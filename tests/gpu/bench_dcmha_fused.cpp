@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
           const double t = time_ms(
               [&] { cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream(), ab); },
               reps);
-          std::printf(" %s %.3f", ab == 1 ? "no-tensor-core-stage" : ab == 2 ? "no-weight-grads" : ab == 3 ? "neither" : "no-atomics", t);
+          std::printf(" %s %.3f", ab == 1 ? "no-tensor-core-stage" : ab == 2 ? "no-weight-grads" : ab == 3 ? "neither" : "no-reductions", t);
         }
         setenv("DCF_DCMHA_FUSED_BWD_OCC", "2", 1);
         const double occ2 = time_ms(run_fused_bwd, reps);

@@ -87,11 +87,11 @@ def full_canonical(cp):
     return out
 
 
-def emit_ranges(name, rs):
-    print(f'static constexpr CodeRange {name}[] = {{')
+def emit_table(decl, items):
+    """Prints `decl = {`, the items packed into lines of at most 100 characters, and `};`."""
+    print(decl + ' = {')
     line = ''
-    for lo, hi in rs:
-        item = f'{{0x{lo:X},0x{hi:X}}},'
+    for item in items:
         if len(line) + len(item) > 100:
             print('  ' + line)
             line = ''
@@ -99,6 +99,10 @@ def emit_ranges(name, rs):
     if line:
         print('  ' + line)
     print('};')
+
+
+def emit_ranges(name, rs):
+    emit_table(f'static constexpr CodeRange {name}[]', (f'{{0x{lo:X},0x{hi:X}}},' for lo, hi in rs))
 
 
 def main():
@@ -123,16 +127,7 @@ def main():
             ccc[-1][1] = cp
         else:
             ccc.append([cp, cp, c])
-    print('static constexpr CccRange kCccRanges[] = {')
-    line = ''
-    for lo, hi, c in ccc:
-        item = f'{{0x{lo:X},0x{hi:X},{c}}},'
-        if len(line) + len(item) > 100:
-            print('  ' + line)
-            line = ''
-        line += item
-    print('  ' + line)
-    print('};')
+    emit_table('static constexpr CccRange kCccRanges[]', (f'{{0x{lo:X},0x{hi:X},{c}}},' for lo, hi, c in ccc))
 
     # Full canonical decompositions (Hangul syllables are algorithmic and left out).
     decomp, data = [], []
@@ -142,16 +137,7 @@ def main():
         full = full_canonical(cp)
         decomp.append((cp, len(data), len(full)))
         data.extend(full)
-    print('static constexpr DecompEntry kDecomp[] = {')
-    line = ''
-    for cp, off, n in decomp:
-        item = f'{{0x{cp:X},{off},{n}}},'
-        if len(line) + len(item) > 100:
-            print('  ' + line)
-            line = ''
-        line += item
-    print('  ' + line)
-    print('};')
+    emit_table('static constexpr DecompEntry kDecomp[]', (f'{{0x{cp:X},{off},{n}}},' for cp, off, n in decomp))
     print('static constexpr uint32_t kDecompData[] = {')
     for i in range(0, len(data), 12):
         print('  ' + ''.join(f'0x{x:X},' for x in data[i:i + 12]))
@@ -169,16 +155,7 @@ def main():
             continue   # composition exclusion, singleton or non-starter decomposition
         comp.append((d[0], d[1], cp))
     comp.sort()
-    print('static constexpr ComposeEntry kCompose[] = {')
-    line = ''
-    for a, b, c in comp:
-        item = f'{{0x{a:X},0x{b:X},0x{c:X}}},'
-        if len(line) + len(item) > 100:
-            print('  ' + line)
-            line = ''
-        line += item
-    print('  ' + line)
-    print('};')
+    emit_table('static constexpr ComposeEntry kCompose[]', (f'{{0x{a:X},0x{b:X},0x{c:X}}},' for a, b, c in comp))
 
     # Code points NFC may touch: a decomposition, a non-zero class, or the second half of a composite
     # (Hangul syllables and conjoining jamo included).

@@ -24,15 +24,8 @@ inline std::string npm_dir() {
   return std::string(DCF_SOURCE_DIR) + "/third_party_npm";
 }
 
-inline std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-inline void write_all(const std::string& path, const std::string& data) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(data.data(), static_cast<std::streamsize>(data.size()));
-}
+using dcf::scratch::read_all;
+using dcf::scratch::write_all;
 
 // The State of the Union speeches, in file-name order; empty when the npm assets are missing.
 inline std::vector<std::string> sotu_docs() {

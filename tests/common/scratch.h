@@ -1,8 +1,10 @@
 // Helpers shared by tests and benchmark programs, with no gtest dependency: a temporary directory that
-// removes itself, and JSON string quoting for building jsonl inputs.
+// removes itself, whole-file reads and writes, and JSON string quoting for building jsonl inputs.
 #pragma once
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <system_error>
@@ -28,6 +30,16 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+inline std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+inline void write_all(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
 
 // s as a JSON string literal (quotes included): ", \ and control characters escaped, other bytes as is.
 inline std::string json_quote(const std::string& s) {

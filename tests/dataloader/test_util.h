@@ -40,15 +40,8 @@ inline bool require_npm_assets() {
 
 using TempDir = dcf::scratch::TempDir;
 
-inline std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-inline void write_all(const std::string& path, const std::string& data) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(data.data(), static_cast<std::streamsize>(data.size()));
-}
+using dcf::scratch::read_all;
+using dcf::scratch::write_all;
 
 inline void put_u32(std::string& b, uint32_t v) {
   for (int i = 0; i < 4; ++i) b.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));

@@ -174,15 +174,16 @@ TEST(Progress, Helpers) {
   EXPECT_DOUBLE_EQ(eta.seconds_left(10), 10.0);
 }
 
-TEST(Progress, PlainLinesEveryN) {
+// What a ProgressPrinter(mode, every) writes for steps 1..total followed by finish().
+std::string progress_output(int mode, int every, int total) {
   char* buf = nullptr;
   size_t len = 0;
   FILE* f = open_memstream(&buf, &len);
   {
-    ProgressPrinter pp(f, 1, 5);
+    ProgressPrinter pp(f, mode, every);
     ProgressInfo p;
-    p.total = 12;
-    for (int s = 1; s <= 12; ++s) {
+    p.total = total;
+    for (int s = 1; s <= total; ++s) {
       p.step = s;
       pp.update(p);
     }
@@ -191,6 +192,11 @@ TEST(Progress, PlainLinesEveryN) {
   std::fclose(f);
   std::string out(buf, len);
   std::free(buf);
+  return out;
+}
+
+TEST(Progress, PlainLinesEveryN) {
+  const std::string out = progress_output(1, 5, 12);
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 3) << out;  // steps 5, 10 and the last
   EXPECT_TRUE(contains(out, "step  5/12")) << out;
   EXPECT_TRUE(contains(out, "step 12/12")) << out;
@@ -198,22 +204,7 @@ TEST(Progress, PlainLinesEveryN) {
 }
 
 TEST(Progress, InPlaceIsOneLine) {
-  char* buf = nullptr;
-  size_t len = 0;
-  FILE* f = open_memstream(&buf, &len);
-  {
-    ProgressPrinter pp(f, 2, 5);
-    ProgressInfo p;
-    p.total = 3;
-    for (int s = 1; s <= 3; ++s) {
-      p.step = s;
-      pp.update(p);
-    }
-    pp.finish();
-  }
-  std::fclose(f);
-  std::string out(buf, len);
-  std::free(buf);
+  const std::string out = progress_output(2, 5, 3);
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
   EXPECT_EQ(out.back(), '\n');
   EXPECT_TRUE(contains(out, "\rstep 3/3")) << out;

@@ -42,12 +42,8 @@ double max_abs_diff(const Tensor& x, const Tensor& y) {
 
 int main(int argc, char** argv) {
   try {
+    if (!bench::gpu_ready()) return 0;
     std::string why;
-    if (!cuda::cuda_available(&why)) {
-      std::printf("no usable GPU: %s\n", why.c_str());
-      return 0;
-    }
-    cuda::init();
     const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
     const int64_t ver = cuda::cudnn_version(&why);
     std::printf("cuDNN %lld%s\n", (long long)ver, ver ? "" : (" (" + why + ")").c_str());

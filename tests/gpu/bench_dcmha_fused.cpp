@@ -28,12 +28,8 @@ double time_ms(const std::function<void()>& fn, int reps) { return bench::time_m
 int main(int argc, char** argv) {
   setenv("DCF_DCMHA_IMPL", "v1", 1);
   try {
+    if (!bench::gpu_ready()) return 0;
     std::string why;
-    if (!cuda::cuda_available(&why)) {
-      std::printf("no usable GPU: %s\n", why.c_str());
-      return 0;
-    }
-    cuda::init();
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
     const bool fwd_only = argc > 2 && std::string(argv[2]) == "--fwd-only";
     struct Sh {

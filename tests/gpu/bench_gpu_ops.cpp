@@ -23,12 +23,7 @@ double time_ms(const std::function<void()>& fn, int reps = 7) { return bench::ti
 
 int main(int argc, char** argv) {
   try {
-    std::string why;
-    if (!cuda::cuda_available(&why)) {
-      std::printf("no usable GPU: %s\n", why.c_str());
-      return 0;
-    }
-    cuda::init();
+    if (!bench::gpu_ready()) return 0;
     const int64_t B = argc > 1 ? std::atoll(argv[1]) : 8, T = argc > 2 ? std::atoll(argv[2]) : 2048,
                   chunk = argc > 3 ? std::atoll(argv[3]) : 128;
     std::printf("%-44s %10s %12s\n", "op", "ms", "TFLOP/s");

@@ -1,16 +1,31 @@
-// Shared by the GPU benchmark programs: deterministic random device tensors, and event timing that
-// reports the median of several repetitions after warm-up runs (plans, workspaces, caches).
+// Shared by the GPU benchmark programs: the GPU check at start-up, deterministic random device tensors,
+// and event timing that reports the median of several repetitions after warm-up runs (plans,
+// workspaces, caches).
 #pragma once
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda_ops.h"
 #include "kernels/cuda_runtime.h"
 
 namespace dcf::bench {
+
+// Initialises the GPU; false (after printing why) where none is usable, and the program then has
+// nothing to time.
+inline bool gpu_ready() {
+  std::string why;
+  if (!cuda::cuda_available(&why)) {
+    std::printf("no usable GPU: %s\n", why.c_str());
+    return false;
+  }
+  cuda::init();
+  return true;
+}
 
 // Uniform values in [-scale, scale) from an xorshift stream of `seed`, on the current GPU in dtype dt.
 inline Tensor random_gpu(const Shape& s, DType dt, double scale, uint64_t seed) {

@@ -19,7 +19,6 @@
 #include "kernels/dcmha_fused.h"
 
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -77,11 +76,38 @@ __device__ __forceinline__ uint32_t comp(const uint4& u, int i) {
   return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
 }
 
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+// Four 8x8 bf16 matrices from shared memory (lane l gives the address of row l % 8 of matrix l / 8), as
+// stored (ldsm4) or transposed (ldsm4t).
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// 16 bytes global -> shared without a register round trip; zero-filled (nothing read) when !valid.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
+               "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
 // Per-thread view of one (16 query rows x 32 keys, all N heads) tile, shared by the forward and the
 // backward kernels. Warp (kwp, hw) holds the scores of keys [8 kwp, 8 kwp + 8) and heads
 // [8 hw, 8 hw + 8): x[h][e], cells e = (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1).
 // Staged dynamic weights: qw [2][kBQ][WS] (branches 0, 2), kw [2][kBK][WS] (branches 1, 3); each row is
-// [a (I x N) | b (I x N) | g (N)] in bf16. red [NW][32][16] exchanges the per-cell partial reads.
+// [a (I x N) | b (I x N) | g (N)] in bf16. red [NW][4][32] float4 exchanges the per-cell partial reads. With
+// two exchange buffers (red2 != red) consecutive Composes alternate between them, so a Compose needs one
+// barrier (between its writes and reads of the partial reads) instead of two: by the time any thread
+// passes Compose j + 1's barrier, every thread has finished reading Compose j's buffer.
 template <int N>
 struct Tile {
   static constexpr int H = N / 8;          // head-warps per key slice (8 heads each)
@@ -93,12 +119,15 @@ struct Tile {
   static constexpr int RED_BYTES = NW * 32 * 16 * 4;
   static_assert(N % 8 == 0, "N must be a multiple of 8");
 
+
   uint16_t* qw;
   uint16_t* kw;
   float* red;
+  float* red2;
   int tid, lane, warp, kwp, hw, g, c;
 
-  __device__ Tile(uint16_t* qw_, uint16_t* kw_, float* red_) : qw(qw_), kw(kw_), red(red_) {
+  __device__ Tile(uint16_t* qw_, uint16_t* kw_, float* red_, float* red2_)
+      : qw(qw_), kw(kw_), red(red_), red2(red2_) {
     tid = int(threadIdx.x);
     lane = tid & 31;
     warp = tid >> 5;
@@ -117,21 +146,30 @@ struct Tile {
           ldg16(dwb + (tpos * 4 + (br ? 2 : 0)) * WN + 8 * p);
     }
   }
-  // Key-side weights of keys kb .. kb + kBK - 1: branch 1 (nbr = 1) or branches 1 and 3 (nbr = 2).
-  __device__ void stage_key_weights(const bf16* dwb, int kb, int nbr, int S) const {
-    for (int idx = tid; idx < nbr * kBK * QP; idx += THREADS) {
+  // Key-side weights of keys kb .. kb + kBK - 1 into dst: branch 1 (nbr = 1) or branches 1 and 3
+  // (nbr = 2), keys past S zeroed; asynchronous (cp.async, the caller commits and waits). The thread
+  // index is re-read so that the address arithmetic is not hoisted out of the key-tile loop (it would
+  // hold registers across the whole tile).
+  __device__ void stage_key_weights(const bf16* dwb, int kb, int nbr, int S, uint16_t* dst) const {
+    int t;
+    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+    for (int idx = t; idx < nbr * kBK * QP; idx += THREADS) {
       const int p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
       const int s = kb + key;
-      uint4 val = make_uint4(0, 0, 0, 0);
-      if (s < S) val = ldg16(dwb + (int64_t(s) * 4 + (br ? 3 : 1)) * WN + 8 * p);
-      *reinterpret_cast<uint4*>(kw + (br * kBK + key) * WS + 8 * p) = val;
+      cp_async16(dst + (br * kBK + key) * WS + 8 * p, dwb + (int64_t(min(s, S - 1)) * 4 + (br ? 3 : 1)) * WN + 8 * p,
+                 s < S);
     }
+  }
+  __device__ float* red_buf(int rb) const { return rb ? red2 : red; }
+  // Where one exchange buffer serves every Compose, the barrier that frees it for the next one.
+  __device__ void red_free() const {
+    if (red2 == red) __syncthreads();
   }
 
   // Partial reads of one Compose over this warp's 8 heads, weight rows roff .. roff + I - 1 of the
-  // query-side and key-side weights of `slot` (0: pre, 1: post) -> red[warp][lane][e*4 + r*2 + {q, k}].
+  // query-side and key-side weights of `slot` (0: pre, 1: post) -> red[warp][e][lane] = float4 (r*2 + {q, k}).
   // Forward Compose reads with a (roff = 0); its transpose reads dY with b (roff = I).
-  __device__ void partial_reads(const float (&x)[8][4], int slot, int roff) const {
+  __device__ void partial_reads(const float (&x)[8][4], int slot, int roff, int rb) const {
     float hp[16];
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
@@ -165,20 +203,20 @@ struct Tile {
         }
       }
     }
-    float4* dst = reinterpret_cast<float4*>(red + (warp * 32 + lane) * 16);
+    float4* dst = reinterpret_cast<float4*>(red_buf(rb)) + warp * 128 + lane;  // [warp][i][lane]: no bank conflicts
 #pragma unroll
-    for (int i = 0; i < 4; ++i) dst[i] = make_float4(hp[4 * i], hp[4 * i + 1], hp[4 * i + 2], hp[4 * i + 3]);
+    for (int i = 0; i < 4; ++i) dst[32 * i] = make_float4(hp[4 * i], hp[4 * i + 1], hp[4 * i + 2], hp[4 * i + 3]);
   }
   // Sum of the partial reads over the head-warps of this key slice (after a barrier).
-  __device__ void total_reads(float (&tot)[16]) const {
+  __device__ void total_reads(float (&tot)[16], int rb) const {
 #pragma unroll
     for (int i = 0; i < 16; ++i) tot[i] = 0.f;
 #pragma unroll
     for (int h2 = 0; h2 < H; ++h2) {
-      const float4* src = reinterpret_cast<const float4*>(red + ((h2 * 4 + kwp) * 32 + lane) * 16);
+      const float4* src = reinterpret_cast<const float4*>(red_buf(rb)) + (h2 * 4 + kwp) * 128 + lane;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const float4 v = src[i];
+        const float4 v = src[32 * i];
         tot[4 * i] += v.x;
         tot[4 * i + 1] += v.y;
         tot[4 * i + 2] += v.z;
@@ -217,18 +255,56 @@ struct Tile {
       }
     }
   }
-  // One Compose in place on x (forward: transpose = false), with its reads left in tot. Contains
-  // two barriers: red must be free on entry (every thread done with the previous total_reads).
-  __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16]) const {
-    partial_reads(x, slot, transpose ? kI : 0);
+  // One Compose in place on x (forward: transpose = false) through exchange buffer rb, with its reads
+  // left in tot. Contains one barrier; the buffer must be free on entry (see red2 above).
+  __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16], int rb) const {
+    partial_reads(x, slot, transpose ? kI : 0, rb);
     __syncthreads();
-    total_reads(tot);
+    total_reads(tot, rb);
     finish(x, slot, transpose ? 0 : kI, tot);
   }
 };
 
 __device__ __forceinline__ bool allowed(int tpos, int s, int window) {
   return s <= tpos && (window == 0 || tpos - s < window);
+}
+
+// The key-tile loop of every pass: key tiles kstart .. khi (step kBK), each with its key-side weights
+// (nbr branches) staged, body(tile view, kb) called with them. With a second weight buffer (kw2 != null)
+// the next tile's weights are fetched (cp.async) while the current one is processed and each tile costs
+// one barrier; otherwise the tile's weights are fetched and waited for between two barriers. The loop
+// starts with a barrier (every thread done with both buffers) and leaves no copy in flight.
+template <int N, class Body>
+__device__ __forceinline__ void for_key_tiles(const Tile<N>& tl, uint16_t* kw2, const bf16* dwb, int kstart, int khi,
+                                              int nbr, int S, Body&& body) {
+  if (kw2 == nullptr) {
+    for (int kb = kstart; kb <= khi; kb += kBK) {
+      __syncthreads();
+      tl.stage_key_weights(dwb, kb, nbr, S, tl.kw);
+      cp_async_commit();
+      cp_async_wait_all();
+      __syncthreads();
+      body(tl, kb);
+    }
+    return;
+  }
+  __syncthreads();
+  tl.stage_key_weights(dwb, kstart, nbr, S, tl.kw);
+  cp_async_commit();
+  Tile<N> tk = tl;
+  uint16_t* next = kw2;
+  for (int kb = kstart; kb <= khi; kb += kBK) {
+    cp_async_wait_all();
+    __syncthreads();  // this tile's weights visible; every thread done with the previous tile
+    if (kb + kBK <= khi) {
+      tl.stage_key_weights(dwb, kb + kBK, nbr, S, next);
+      cp_async_commit();
+    }
+    body(static_cast<const Tile<N>&>(tk), kb);
+    uint16_t* cur = tk.kw;
+    tk.kw = next;
+    next = cur;
+  }
 }
 
 // Scores of this warp's 8 heads for key tile kb: x[h] = A_rows[h] . B_keys[h]^T, with the A rows
@@ -261,20 +337,17 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
 // st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
 // `part` aliases red. Ends with st written and visible (barrier).
 template <int N, class ScoreFn, class OkFn>
-__device__ void row_stats(const Tile<N>& tl, const bf16* dwb, int kstart, int khi, int S, ScoreFn scores, OkFn ok,
-                          float2* st) {
+__device__ void row_stats(const Tile<N>& tl, uint16_t* kw2, const bf16* dwb, int kstart, int khi, int S,
+                          ScoreFn scores, OkFn ok, float2* st) {
   float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
   float mrow[8][2], lrow[8][2];
 #pragma unroll
   for (int h = 0; h < 8; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
-  for (int kb = kstart; kb <= khi; kb += kBK) {
-    __syncthreads();
-    tl.stage_key_weights(dwb, kb, 1, S);
-    __syncthreads();
+  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N>& tk, int kb) {
     float x[8][4], tot[16];
     scores(x, kb);
-    tl.compose(x, 0, false, tot);
+    tk.compose(x, 0, false, tot, 0);
     bool okc[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
@@ -289,7 +362,7 @@ __device__ void row_stats(const Tile<N>& tl, const bf16* dwb, int kstart, int kh
         lrow[h][ri] = lrow[h][ri] * __expf(mrow[h][ri] - mn) + __expf(z0 - mn) + __expf(z1 - mn);
         mrow[h][ri] = mn;
       }
-  }
+  });
   __syncthreads();  // red is reused as part below
 #pragma unroll
   for (int h = 0; h < 8; ++h)
@@ -340,7 +413,7 @@ __device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N>& tl, const
     }
 }
 
-template <int N, int D, int G>
+template <int N, int D, int G, int MINB, bool PF>
 struct Cfg {
   using Tl = Tile<N>;
   static constexpr int NW = Tl::NW, WS = Tl::WS, THREADS = Tl::THREADS;
@@ -360,12 +433,19 @@ struct Cfg {
   static constexpr int OFF_RED = OFF_KW + KW_BYTES;
   static constexpr int OFF_P = OFF_RED + RED_U;
   static constexpr int OFF_ST = OFF_P + P_BYTES;
-  static constexpr int SMEM = OFF_ST + ST_BYTES;
+  static constexpr int SMEM1 = OFF_ST + ST_BYTES;
+  // A second key-weight buffer and a second exchange buffer (prefetch, one barrier less per Compose)
+  // where PF asks for them and they fit next to MINB CTAs per SM (228 KiB per SM, 1 KiB reserved per
+  // CTA, 227 KiB per CTA).
+  static constexpr int DBL_BYTES = KW_BYTES + Tl::RED_BYTES;
+  static constexpr bool DBL = PF && SMEM1 + DBL_BYTES <= (MINB == 1 ? 227 * 1024 : 228 * 1024 / MINB - 1024);
+  static constexpr int OFF_KW2 = SMEM1, OFF_RED2 = SMEM1 + KW_BYTES;
+  static constexpr int SMEM = DBL ? SMEM1 + DBL_BYTES : SMEM1;
 };
 
-template <int N, int D, int G, int MINB>
+template <int N, int D, int G, int MINB, bool PF>
 __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs a) {
-  using C = Cfg<N, D, G>;
+  using C = Cfg<N, D, G, MINB, PF>;
   constexpr int NC = C::NC, THREADS = Tile<N>::THREADS;
   constexpr int64_t WN = Tile<N>::WN;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -373,7 +453,9 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
   uint2* Pb = reinterpret_cast<uint2*>(smem + C::OFF_P);                // [NG][4][32]
   float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);             // [N][kBQ]: (m, 1/l)
   const Tile<N> tl(reinterpret_cast<uint16_t*>(smem + C::OFF_QW), reinterpret_cast<uint16_t*>(smem + C::OFF_KW),
-                   reinterpret_cast<float*>(smem + C::OFF_RED));
+                   reinterpret_cast<float*>(smem + C::OFF_RED),
+                   reinterpret_cast<float*>(smem + (C::DBL ? C::OFF_RED2 : C::OFF_RED)));
+  uint16_t* kw2 = C::DBL ? reinterpret_cast<uint16_t*>(smem + C::OFF_KW2) : nullptr;
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int b = blockIdx.y;
   const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;  // heaviest (causal) tiles first
@@ -414,7 +496,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 
   // ---- pass 1: per-head row max and sum of the pre-Composed, masked logits.
   __syncthreads();  // Qs staged
-  row_stats<N>(tl, dwb, kstart, khi, S, scores, cell_ok, st);
+  row_stats<N>(tl, kw2, dwb, kstart, khi, S, scores, cell_ok, st);
   if (a.stats)
     for (int idx = tid; idx < N * kBQ; idx += THREADS) {
       const int n = idx / kBQ, row = idx % kBQ;
@@ -431,20 +513,17 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) acc[hh][j][jj][0] = acc[hh][j][jj][1] = acc[hh][j][jj][2] = acc[hh][j][jj][3] = 0.f;
     const bool in_group = (8 * hw) / C::NG == gi;
-    for (int kb = kstart; kb <= khi; kb += kBK) {
-      __syncthreads();
-      tl.stage_key_weights(dwb, kb, 2, S);
-      __syncthreads();
+    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tile<N>& tk, int kb) {
       float sc[8][4], tot[16];
       scores(sc, kb);
-      tl.compose(sc, 0, false, tot);
-      probs<N>(sc, tl, st, kb, cell_ok);
-      __syncthreads();  // everyone has read red
-      tl.partial_reads(sc, 1, 0);
+      tk.compose(sc, 0, false, tot, 0);
+      probs<N>(sc, tk, st, kb, cell_ok);
+      tk.red_free();
+      tk.partial_reads(sc, 1, 0, 1);
       __syncthreads();
-      tl.total_reads(tot);
+      tk.total_reads(tot, 1);
       if (in_group) {
-        tl.finish(sc, 1, kI, tot);
+        tk.finish(sc, 1, kI, tot);
 #pragma unroll
         for (int h = 0; h < 8; ++h) {
           const int ml = 8 * hw + h - gi * C::NG;
@@ -471,7 +550,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
           }
         }
       }
-    }
+    });
     // O columns of n8 tile (j, jj), fragment columns 2c, 2c+1, are d = 32 j + 8 c + 2 jj + {0, 1}.
 #pragma unroll
     for (int hh = 0; hh < C::HPW; ++hh) {
@@ -503,7 +582,8 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 //   C. recompute Z, P, P', dP', dP; dZ = P (dP - Delta); dA = Compose_pre^T(dZ). Query-side weight
 //      gradients (branches 0, 2) are row sums, kept in registers and added to ddw at the end; key-side
 //      ones (branches 1, 3) are column sums over the tile's 16 rows, added to an fp32 workspace with
-//      atomics; dQ += dA K, dK += dA^T Q and dV += P'^T dO run on the tensor cores (wmma, P' and dA
+//      atomics; dQ += dA K, dK += dA^T Q and dV += P'^T dO run on the tensor cores (mma.sync with
+//      ldmatrix operands from padded, bank-conflict-free shared memory; P' and dA
 //      staged in shared memory as bf16) and are added to fp32 workspaces by bulk asynchronous
 //      reductions (cp.reduce.async.bulk, 256 bytes per row) from shared memory.
 // No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
@@ -516,7 +596,7 @@ struct BwdArgs {
   int T, S, q_pos0, window;
 };
 
-template <int N, int D>
+template <int N, int D, bool PF>
 struct BwdCfg {
   using Tl = Tile<N>;
   static constexpr int NW = Tl::NW, WS = Tl::WS;
@@ -527,18 +607,30 @@ struct BwdCfg {
   static constexpr int QACC_BYTES = 2 * 4 * kBQ * N * 5 * 4;  // final query-side reduction, aliases P'/dA
   static_assert(QACC_BYTES <= 2 * PT_BYTES, "qacc alias");
   static_assert(Tl::RED_BYTES >= 4 * N * kBQ * 8, "part alias");
-  static constexpr int CB = N == 16 ? 64 : 32;                // d columns per tensor-core block
-  static constexpr int SCR_WARP = 16 * CB * 2 + 16 * CB * 4;  // per warp: bf16 16 x CB operand, then f32 16 x CB out
-  static_assert((16 * CB * 2) % 128 == 0 && SCR_WARP % 128 == 0, "scratch alignment");
+  static constexpr int CB = N == 16 ? 64 : 32;  // d columns per tensor-core block
+  // Per warp: a bf16 16 x CB operand block (row stride SB), then one or two f32 16 x CB output blocks
+  // (row stride SF; two: a block's bulk reduction may still be reading one while the next block is
+  // written to the other). The paddings make ldmatrix and the fragment stores bank-conflict free.
+  static constexpr int SB = CB + 8, SF = CB + 4;
+  static constexpr int SCR_B = 16 * SB * 2, SCR_F = 16 * SF * 4;
   static constexpr int OFF_QW = 0;
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
-  static constexpr int OFF_RED = OFF_KW + KW_BYTES;
+  static constexpr int OFF_KW2 = OFF_KW + KW_BYTES;  // second key-weight buffer (prefetch), PF only
+  static constexpr int OFF_RED = OFF_KW2 + (PF ? KW_BYTES : 0);
   static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
   static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
+  static constexpr int ST_BYTES = N * kBQ * 12;
+  static constexpr int BASE = OFF_SCR + NW * (SCR_B + SCR_F) + ST_BYTES;
+  static constexpr bool DBL_SCR = BASE + NW * SCR_F <= 227 * 1024;
+  static constexpr int SCR_WARP = SCR_B + (DBL_SCR ? 2 : 1) * SCR_F;
+  static_assert(SCR_B % 128 == 0 && SCR_WARP % 128 == 0, "scratch alignment");
+  // The second Compose exchange buffer aliases the tensor-core scratch: the Composes of a tile and its
+  // tensor-core stage are separated by barriers, and the stage's bulk reads finish before the tile ends.
+  static_assert(NW * SCR_WARP >= Tl::RED_BYTES, "red2 alias");
   static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
-  static constexpr int SMEM = OFF_ST + N * kBQ * 12;
+  static constexpr int SMEM = OFF_ST + ST_BYTES;
   static_assert(SMEM <= 227 * 1024, "backward shared memory");
-  static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0, "wmma alignment");
+  static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0, "operand alignment");
 };
 
 // Reduce-scatter over the lanes lane ^ mask: of M values, the lane keeps half `bit` (0: first M/2, 1:
@@ -615,20 +707,22 @@ __device__ __forceinline__ void compose_grads(const Tile<N>& tl, const float (&x
   }
 }
 
-template <int N, int D, int PROF, int MINB>
-__global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a) {
-  using C = BwdCfg<N, D>;
-  using namespace nvcuda;
+// PF: the key-side weights of the next tile are prefetched (cp.async) into a second buffer.
+template <int N, int D, int PROF, bool PF>
+__global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
+  using C = BwdCfg<N, D, PF>;
   constexpr int THREADS = Tile<N>::THREADS, NW = Tile<N>::NW, PS = C::PS;
   constexpr int64_t WN = Tile<N>::WN;
-  static_assert(N / NW == 2, "two heads per warp in the wmma stage");
+  static_assert(N / NW == 2, "two heads per warp in the tensor-core stage");
   extern __shared__ __align__(128) unsigned char smem[];
   const Tile<N> tl(reinterpret_cast<uint16_t*>(smem + C::OFF_QW), reinterpret_cast<uint16_t*>(smem + C::OFF_KW),
-                   reinterpret_cast<float*>(smem + C::OFF_RED));
+                   reinterpret_cast<float*>(smem + C::OFF_RED),
+                   reinterpret_cast<float*>(smem + C::OFF_SCR));
+  uint16_t* kw2 = PF ? reinterpret_cast<uint16_t*>(smem + C::OFF_KW2) : nullptr;
   bf16* Pp = reinterpret_cast<bf16*>(smem + C::OFF_PP);  // [N][kBQ][PS] P' of the tile
   bf16* dAs = Pp + N * kBQ * PS;                          // [N][kBQ][PS] dA of the tile
   bf16* scr_b = reinterpret_cast<bf16*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP);
-  float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + 16 * C::CB * 2);
+  float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + C::SCR_B);
   float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);                   // [N][kBQ] (m, 1/l)
   float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + N * kBQ * 8);      // [N][kBQ] Delta
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
@@ -671,7 +765,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a
     }
     __syncthreads();
   } else {
-    row_stats<N>(tl, dwb, kstart, khi, S, qk_scores, cell_ok, st);
+    row_stats<N>(tl, kw2, dwb, kstart, khi, S, qk_scores, cell_ok, st);
   }
 
   // ---- pass A: Delta = rowsum(P * dP).
@@ -679,22 +773,19 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a
     float dacc[8][2];
 #pragma unroll
     for (int h = 0; h < 8; ++h) dacc[h][0] = dacc[h][1] = 0.f;
-    for (int kb = kstart; kb <= khi; kb += kBK) {
-      __syncthreads();
-      tl.stage_key_weights(dwb, kb, 2, S);
-      __syncthreads();
+    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tile<N>& tk, int kb) {
       float x[8][4], y[8][4], tot[16];
       qk_scores(x, kb);
-      tl.compose(x, 0, false, tot);
-      probs<N>(x, tl, st, kb, cell_ok);
+      tk.compose(x, 0, false, tot, 0);
+      probs<N>(x, tk, st, kb, cell_ok);
       dov_scores(y, kb);
-      __syncthreads();  // red free
-      tl.compose(y, 1, true, tot);  // dP
+      tk.red_free();
+      tk.compose(y, 1, true, tot, 1);  // dP
 #pragma unroll
       for (int h = 0; h < 8; ++h)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[h][e >> 1] = fmaf(x[h][e], y[h][e], dacc[h][e >> 1]);
-    }
+    });
     __syncthreads();
     float* part = tl.red;  // [4][N][kBQ]
 #pragma unroll
@@ -715,13 +806,9 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a
   float qacc[2][20];
 #pragma unroll
   for (int i = 0; i < 20; ++i) qacc[0][i] = qacc[1][i] = 0.f;
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-  using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-  constexpr int CB = C::CB;
+  constexpr int CB = C::CB, SB = C::SB, SF = C::SF;
   // B operand block: rows [row0, row0 + 16) x columns [d0, d0 + CB) of head n of a [rows][N][D] tensor
-  // -> scr_b [16][CB] (16-byte loads, rows past nrows zeroed).
+  // -> scr_b [16][SB] (16-byte loads, rows past nrows zeroed).
   auto stage_b = [&](const bf16* base, int row0, int nrows, int n, int d0) {
     constexpr int PR = CB / 8;  // 16-byte pieces per row
     uint4 val[16 * PR / 32];
@@ -735,25 +822,39 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a
 #pragma unroll
     for (int i = 0; i < 16 * PR / 32; ++i) {
       const int idx = lane + 32 * i;
-      *reinterpret_cast<uint4*>(scr_b + (idx / PR) * CB + 8 * (idx % PR)) = val[i];
+      *reinterpret_cast<uint4*>(scr_b + (idx / PR) * SB + 8 * (idx % PR)) = val[i];
     }
     __syncwarp();
   };
-  // Adds the 16 x CB fp32 block in scr_f to rows [row0, row0 + 16) (those < nrows), columns
-  // [d0, d0 + CB) of head n of the workspace: one bulk asynchronous reduction (TMA) of 4 CB bytes per
-  // row, issued by lanes 0-15. Returns when scr_f may be written again.
+  // Output blocks: out_block() returns the fp32 16 x CB block to fill next (with two blocks, after the
+  // bulk reduction issued from it two flushes ago has finished reading it); flush() adds it to rows
+  // [row0, row0 + 16) (those < nrows), columns [d0, d0 + CB) of head n of the workspace: one bulk
+  // asynchronous reduction (TMA) of 4 CB bytes per row, issued by lanes 0-15. Every lane commits a
+  // (possibly empty) group per flush, so the group counts agree across the warp.
+  int ob = 0;
+  auto out_block = [&]() -> float* {
+    if constexpr (C::DBL_SCR) {
+      asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
+      __syncwarp();
+    }
+    return scr_f + ob * 16 * SF;
+  };
   auto flush = [&](float* ws, int row0, int nrows, int n, int d0) {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
     if (!(PROF & 4) && lane < 16 && row0 + lane < nrows) {
       float* dst = ws + (int64_t(row0 + lane) * N + n) * D + d0;
-      const uint32_t src = uint32_t(__cvta_generic_to_shared(scr_f + lane * CB));
+      const uint32_t src = uint32_t(__cvta_generic_to_shared(scr_f + ob * 16 * SF + lane * SF));
       asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
                    :: "l"(dst), "r"(src), "n"(CB * 4) : "memory");
-      asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-      asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     }
-    __syncwarp();
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+    if constexpr (C::DBL_SCR) {
+      ob ^= 1;
+    } else {
+      asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+      __syncwarp();
+    }
   };
   auto stage_tile = [&](bf16* dst, const float (&x)[8][4]) {
 #pragma unroll
@@ -764,42 +865,41 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a
             pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
   };
 
-  for (int kb = kstart; kb <= khi; kb += kBK) {
-    __syncthreads();
-    tl.stage_key_weights(dwb, kb, 2, S);
-    __syncthreads();
+  // Exchange buffers of the four Composes of a tile: 0 (Z), 1 (P'), 0 (dP), 1 (dA); buffer 1 aliases
+  // the tensor-core scratch, whose bulk reads end (wait below) before the next tile's first barrier.
+  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tile<N>& tk, int kb) {
     float A[8][4], x[8][4], y[8][4], tpre[16], tpost[16], te[16];
     qk_scores(A, kb);
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) x[h][e] = A[h][e];
-    tl.compose(x, 0, false, tpre);  // Z
-    probs<N>(x, tl, st, kb, cell_ok);  // P
+    tk.compose(x, 0, false, tpre, 0);  // Z
+    probs<N>(x, tk, st, kb, cell_ok);  // P
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e];
-    __syncthreads();
-    tl.compose(y, 1, false, tpost);  // P'
+    tk.red_free();
+    tk.compose(y, 1, false, tpost, 1);  // P'
     stage_tile(Pp, y);
     dov_scores(y, kb);  // dP'
+    tk.red_free();
+    tk.partial_reads(y, 1, kI, 0);
     __syncthreads();
-    tl.partial_reads(y, 1, kI);
-    __syncthreads();
-    tl.total_reads(te);
-    if (kws_b && !(PROF & 2)) compose_grads<N>(tl, x, y, tpost, te, qacc[1], kws_b, 1, kb, S);
-    tl.finish(y, 1, 0, te);  // dP
+    tk.total_reads(te, 0);
+    if (kws_b && !(PROF & 2)) compose_grads<N>(tk, x, y, tpost, te, qacc[1], kws_b, 1, kb, S);
+    tk.finish(y, 1, 0, te);  // dP
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
+    tk.red_free();
+    tk.partial_reads(y, 0, kI, 1);
     __syncthreads();
-    tl.partial_reads(y, 0, kI);
-    __syncthreads();
-    tl.total_reads(te);
-    if (kws_b && !(PROF & 2)) compose_grads<N>(tl, A, y, tpre, te, qacc[0], kws_b, 0, kb, S);
-    tl.finish(y, 0, 0, te);  // dA
+    tk.total_reads(te, 1);
+    if (kws_b && !(PROF & 2)) compose_grads<N>(tk, A, y, tpre, te, qacc[0], kws_b, 0, kb, S);
+    tk.finish(y, 0, 0, te);  // dA
     stage_tile(dAs, y);
     __syncthreads();
     // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d.
@@ -808,26 +908,41 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a
       const int n = 2 * warp + hh;
       const bf16* dAn = dAs + n * kBQ * PS;
       const bf16* Ppn = Pp + n * kBQ * PS;
+      // ldmatrix lane addresses: row (lane % 8) + 8 ((lane / 8) % 2), column 8 (lane / 16) of a 16 x 16
+      // block gives the A fragment of a row-major [m][k] block (ldsm4) and the B fragments of two n8
+      // blocks of a row-major [k][n] block (ldsm4t); row (lane % 8) + 8 (lane / 16), column
+      // 8 ((lane / 8) % 2) gives the A fragment of the transpose of a row-major [k][m] block (ldsm4t).
+      const int lr = (lane & 7) + 8 * ((lane >> 3) & 1), lc = 8 * (lane >> 4);
+      const int tr = (lane & 7) + 8 * (lane >> 4), tc = 8 * ((lane >> 3) & 1);
+      const uint32_t sb = smem_u32(scr_b + lr * SB + lc);
+      // C fragments (16 x CB fp32) -> the output block, rows g and g + 8.
+      auto store_out = [&](float* out, const float (&acc)[CB / 8][4]) {
+#pragma unroll
+        for (int j = 0; j < CB / 8; ++j) {
+          *reinterpret_cast<float2*>(out + g * SF + 8 * j + 2 * c) = make_float2(acc[j][0], acc[j][1]);
+          *reinterpret_cast<float2*>(out + (g + 8) * SF + 8 * j + 2 * c) = make_float2(acc[j][2], acc[j][3]);
+        }
+      };
 #pragma unroll 1
       for (int cb = 0; cb < D; cb += CB) {
-        FragC acc[CB / 16];
-        FragB fb;
+        float acc[CB / 8][4];
         // dQ[t0.., n, cb..] += dA (16 x 32) K (32 x CB)
 #pragma unroll
-        for (int d = 0; d < CB / 16; ++d) wmma::fill_fragment(acc[d], 0.f);
+        for (int j = 0; j < CB / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
-          FragA fa;
           stage_b(kb_, kb + 16 * kk, S, n, cb);
-          wmma::load_matrix_sync(fa, dAn + 16 * kk, PS);
+          uint32_t af[4];
+          ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
 #pragma unroll
-          for (int d = 0; d < CB / 16; ++d) {
-            wmma::load_matrix_sync(fb, scr_b + 16 * d, CB);
-            wmma::mma_sync(acc[d], fa, fb, acc[d]);
+          for (int j = 0; j < CB / 16; ++j) {
+            uint32_t bfr[4];
+            ldsm4t(bfr, sb + 32 * j);
+            mma_bf16(acc[2 * j], af[0], af[1], af[2], af[3], bfr[0], bfr[1]);
+            mma_bf16(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
           }
         }
-#pragma unroll
-        for (int d = 0; d < CB / 16; ++d) wmma::store_matrix_sync(scr_f + 16 * d, acc[d], CB, wmma::mem_row_major);
+        store_out(out_block(), acc);
         flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
         // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
 #pragma unroll 1
@@ -837,21 +952,27 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_bwd_kernel(BwdArgs a
           float* ws = (which ? a.dv : a.dk) + int64_t(b) * S * N * D;
 #pragma unroll
           for (int kk = 0; kk < 2; ++kk) {
-            FragAt fa;
-            wmma::load_matrix_sync(fa, src + 16 * kk, PS);
+            uint32_t af[4];
+            ldsm4t(af, smem_u32(src + tr * PS + 16 * kk + tc));
 #pragma unroll
-            for (int d = 0; d < CB / 16; ++d) {
-              wmma::fill_fragment(acc[d], 0.f);
-              wmma::load_matrix_sync(fb, scr_b + 16 * d, CB);
-              wmma::mma_sync(acc[d], fa, fb, acc[d]);
-              wmma::store_matrix_sync(scr_f + 16 * d, acc[d], CB, wmma::mem_row_major);
+            for (int j = 0; j < CB / 16; ++j) {
+              uint32_t bfr[4];
+              ldsm4t(bfr, sb + 32 * j);
+              acc[2 * j][0] = acc[2 * j][1] = acc[2 * j][2] = acc[2 * j][3] = 0.f;
+              acc[2 * j + 1][0] = acc[2 * j + 1][1] = acc[2 * j + 1][2] = acc[2 * j + 1][3] = 0.f;
+              mma_bf16(acc[2 * j], af[0], af[1], af[2], af[3], bfr[0], bfr[1]);
+              mma_bf16(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
             }
+            store_out(out_block(), acc);
             flush(ws, kb + 16 * kk, S, n, cb);
           }
         }
       }
     }
-  }
+    // The scratch is the next tile's exchange buffer 1: its bulk reads must be over.
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    __syncwarp();
+  });
 
   // ---- query-side weight gradients: sum the 4 key-warps, add to ddw (branches 0 and 2).
   if (!a.ddw) return;
@@ -889,10 +1010,12 @@ __global__ void add_key_grads_kernel(const float* __restrict__ kws, bf16* __rest
   }
 }
 
-template <int N, int D, int G, int MINB = 1>
+// The forward runs without the prefetch (PF): at N16 D64 (two CTAs per SM, 128 registers) it spills
+// 860 B instead of 440 B and measured 2 % slower with it (docs/perf/dcmha_fused.md, F3).
+template <int N, int D, int G, int MINB = 1, bool PF = false>
 void launch(const FusedArgs& a, int B, cudaStream_t st) {
-  using C = Cfg<N, D, G>;
-  auto kern = dcmha_fused_fwd_kernel<N, D, G, MINB>;
+  using C = Cfg<N, D, G, MINB, PF>;
+  auto kern = dcmha_fused_fwd_kernel<N, D, G, MINB, PF>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
   kern<<<grid, C::THREADS, C::SMEM, st>>>(a);
@@ -900,10 +1023,12 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 }
 
 
-template <int N, int D, int PROF = 0, int MINB = 1>
+// The prefetch costs registers: N = 32 (512 threads capped at 128) spills twice as much with it (about
+// 4 KB instead of 2), so it is on for N = 16 only.
+template <int N, int D, int PROF = 0, bool PF = (N == 16)>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
-  using C = BwdCfg<N, D>;
-  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, MINB>;
+  using C = BwdCfg<N, D, PF>;
+  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
   kern<<<grid, Tile<N>::THREADS, C::SMEM, st>>>(a);
@@ -911,6 +1036,12 @@ void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// DCF_DCMHA_FUSED_PF=0, read at every call: the N16 D64 backward without the key-weight prefetch, for timing.
+bool no_prefetch() {
+  const char* pf = std::getenv("DCF_DCMHA_FUSED_PF");
+  return pf && pf[0] == '0';
+}
 
 }  // namespace
 
@@ -949,8 +1080,12 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
   // N = 16, D = 64 runs capped at 128 registers for two CTAs per SM (452 B of spills), 10-22 % faster
   // than one CTA at 228 registers (docs/perf/dcmha_fused.md, F1 vs F2). DCF_DCMHA_FUSED_OCC=1 (read at
   // every call) selects the one-CTA build, for timing the trade-off.
+  // DCF_DCMHA_FUSED_PF=1 (N = 16, D = 64) selects the build with the key-weight prefetch and the
+  // second exchange buffer, for timing.
   const char* occ = std::getenv("DCF_DCMHA_FUSED_OCC");
+  const char* pf = std::getenv("DCF_DCMHA_FUSED_PF");
   if (sh.N == 16 && sh.D == 64 && occ && occ[0] == '1') launch<16, 64, 1, 1>(a, B, st);
+  else if (sh.N == 16 && sh.D == 64 && pf && pf[0] == '1') launch<16, 64, 1, 2, true>(a, B, st);
   else if (sh.N == 16 && sh.D == 64) launch<16, 64, 1, 2>(a, B, st);
   else if (sh.N == 16 && sh.D == 128) launch<16, 128, 2>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch<32, 64, 1>(a, B, st);
@@ -1008,9 +1143,7 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
     else if (ablate == 4) launch_bwd<16, 64, 4>(a, B, st);
     else DCF_CHECK(false, "dcmha_fused_backward: ablation ", ablate, " not built");
   } else if (sh.N == 16 && sh.D == 64) {
-    // DCF_DCMHA_FUSED_BWD_OCC=2 (read at every call): two CTAs per SM at 128 registers, for timing.
-    const char* occ = std::getenv("DCF_DCMHA_FUSED_BWD_OCC");
-    if (occ && occ[0] == '2') launch_bwd<16, 64, 0, 2>(a, B, st);
+    if (no_prefetch()) launch_bwd<16, 64, 0, false>(a, B, st);
     else launch_bwd<16, 64>(a, B, st);
   } else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);

@@ -3,7 +3,9 @@
 // shapes, in one run, with CUDA events (warm-up, median of repeats). Sets DCF_DCMHA_IMPL=v1 so
 // dcmha_forward/backward are the v1 path. Prints two tables: times with the ratios, and the peak device
 // memory of one fused fwd+bwd beyond its inputs at T = 2048, 8192, 32768.
-// Usage: bench_dcmha_fused [reps] [--fwd-only]
+// Usage: bench_dcmha_fused [reps] [--fwd-only | --profile]
+// --profile: one fused forward and one backward of the first shape (B8 T2048 N16 D64 causal), nothing
+// else, as the target of a profiler.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -32,6 +34,7 @@ int main(int argc, char** argv) {
     std::string why;
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
     const bool fwd_only = argc > 2 && std::string(argv[2]) == "--fwd-only";
+    const bool profile = argc > 2 && std::string(argv[2]) == "--profile";
     struct Sh {
       int64_t B, T, N, D, W;
     };
@@ -60,6 +63,12 @@ int main(int argc, char** argv) {
       auto run_fused_bwd = [&] {
         cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream());
       };
+      if (profile) {
+        run_fused();
+        run_fused_bwd();
+        cuda::synchronize();
+        return 0;
+      }
       setenv("DCF_DCMHA_FUSED_OCC", "1", 1);
       double fused_occ1 = c.N == 16 && c.D == 64 ? time_ms(run_fused, reps) : NAN;
       unsetenv("DCF_DCMHA_FUSED_OCC");
@@ -111,10 +120,13 @@ int main(int argc, char** argv) {
               reps);
           std::printf(" %s %.3f", ab == 1 ? "no-tensor-core-stage" : ab == 2 ? "no-weight-grads" : ab == 3 ? "neither" : "no-reductions", t);
         }
-        setenv("DCF_DCMHA_FUSED_BWD_OCC", "2", 1);
-        const double occ2 = time_ms(run_fused_bwd, reps);
-        unsetenv("DCF_DCMHA_FUSED_BWD_OCC");
-        std::printf(" (ms; full %.3f; 2 CTAs/SM %.3f)\n", fused_b, occ2);
+        setenv("DCF_DCMHA_FUSED_PF", "1", 1);
+        const double pf_f = time_ms(run_fused, reps);
+        setenv("DCF_DCMHA_FUSED_PF", "0", 1);
+        const double nopf_b = time_ms(run_fused_bwd, reps);
+        unsetenv("DCF_DCMHA_FUSED_PF");
+        std::printf(" (ms; full %.3f)\n  key-weight prefetch: fwd with %.3f (default without %.3f), bwd without %.3f "
+                    "(default with %.3f)\n", fused_b, pf_f, fused, nopf_b, fused_b);
       }
     }
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "

@@ -593,6 +593,7 @@ struct BwdArgs {
   bf16* ddw;                 // query-side branches (0, 2) are added here directly; null: no ddw
   const float2* stats;       // optional [B, T, N] (m, 1/l) from the forward: pass 1 is skipped
   float *dq, *dk, *dv, *kws;  // fp32 workspaces, zeroed: [B,T,N,D], [B,S,N,D] x 2, [B,S,2,5,N]
+  bf16* dq_out;               // with dQ kept on chip (BwdCfg::DQ_ON_CHIP): the bf16 dq, added to; dq unused
   int T, S, q_pos0, window;
 };
 
@@ -617,10 +618,15 @@ struct BwdCfg {
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
   static constexpr int OFF_KW2 = OFF_KW + KW_BYTES;  // second key-weight buffer (prefetch), PF only
   static constexpr int OFF_RED = OFF_KW2 + (PF ? KW_BYTES : 0);
+  // N16 D64 without the prefetch buffer: the CTA's dQ (16 rows x N x D fp32, 64 KiB) stays in shared
+  // memory across the key tiles ([n][row][D], 8-float chunks XOR-swizzled by row % 8 so the fragment
+  // adds are conflict free) and is added to dq once, instead of a bulk reduction per tile.
+  static constexpr bool DQ_ON_CHIP = N == 16 && D == 64 && !PF;
+  static constexpr int DQ_BYTES = DQ_ON_CHIP ? N * kBQ * D * 4 : 0;
   static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
   static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
   static constexpr int ST_BYTES = N * kBQ * 12;
-  static constexpr int BASE = OFF_SCR + NW * (SCR_B + SCR_F) + ST_BYTES;
+  static constexpr int BASE = OFF_SCR + NW * (SCR_B + SCR_F) + ST_BYTES + DQ_BYTES;
   static constexpr bool DBL_SCR = BASE + NW * SCR_F <= 227 * 1024;
   static constexpr int SCR_WARP = SCR_B + (DBL_SCR ? 2 : 1) * SCR_F;
   static_assert(SCR_B % 128 == 0 && SCR_WARP % 128 == 0, "scratch alignment");
@@ -628,7 +634,8 @@ struct BwdCfg {
   // tensor-core stage are separated by barriers, and the stage's bulk reads finish before the tile ends.
   static_assert(NW * SCR_WARP >= Tl::RED_BYTES, "red2 alias");
   static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
-  static constexpr int SMEM = OFF_ST + ST_BYTES;
+  static constexpr int OFF_DQ = OFF_ST + ST_BYTES;
+  static constexpr int SMEM = OFF_DQ + DQ_BYTES;
   static_assert(SMEM <= 227 * 1024, "backward shared memory");
   static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0, "operand alignment");
 };
@@ -803,6 +810,10 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   }
 
   // ---- pass C: all gradients.
+  float* dqs = reinterpret_cast<float*>(smem + C::OFF_DQ);  // DQ_ON_CHIP: [N][kBQ][D], zeroed here
+  if constexpr (C::DQ_ON_CHIP)
+    for (int idx = tid; idx < N * kBQ * D / 4; idx += THREADS)
+      reinterpret_cast<float4*>(dqs)[idx] = make_float4(0.f, 0.f, 0.f, 0.f);
   float qacc[2][20];
 #pragma unroll
   for (int i = 0; i < 20; ++i) qacc[0][i] = qacc[1][i] = 0.f;
@@ -942,8 +953,20 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
             mma_bf16(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
           }
         }
-        store_out(out_block(), acc);
-        flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
+        if constexpr (C::DQ_ON_CHIP) {
+          float* dqn = dqs + n * kBQ * D;
+#pragma unroll
+          for (int j = 0; j < CB / 8; ++j) {
+            float2* p0 = reinterpret_cast<float2*>(dqn + g * D + 8 * (j ^ g) + 2 * c);
+            float2* p1 = reinterpret_cast<float2*>(dqn + (g + 8) * D + 8 * (j ^ g) + 2 * c);
+            float2 u = *p0, w = *p1;
+            u.x += acc[j][0], u.y += acc[j][1], w.x += acc[j][2], w.y += acc[j][3];
+            *p0 = u, *p1 = w;
+          }
+        } else {
+          store_out(out_block(), acc);
+          flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
+        }
         // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
 #pragma unroll 1
         for (int which = 0; which < 2; ++which) {
@@ -974,9 +997,23 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     __syncwarp();
   });
 
+  __syncthreads();
+  if constexpr (C::DQ_ON_CHIP) {  // dq[t0 + row, n, :] += the CTA's dQ, 8 columns per thread and step
+    for (int idx = tid; idx < N * kBQ * (D / 8); idx += THREADS) {
+      const int ch = idx % (D / 8), row = (idx / (D / 8)) % kBQ, n = idx / (D / 8 * kBQ);
+      if (t0 + row >= T) continue;
+      const float4* src = reinterpret_cast<const float4*>(dqs + (n * kBQ + row) * D + 8 * (ch ^ (row & 7)));
+      const float4 lo = src[0], hi = src[1];
+      uint4* dst = reinterpret_cast<uint4*>(a.dq_out + ((int64_t(b) * T + t0 + row) * N + n) * D + 8 * ch);
+      float f[8];
+      unpack8(*dst, f);
+      *dst = make_uint4(pack_bf16(f[0] + lo.x, f[1] + lo.y), pack_bf16(f[2] + lo.z, f[3] + lo.w),
+                        pack_bf16(f[4] + hi.x, f[5] + hi.y), pack_bf16(f[6] + hi.z, f[7] + hi.w));
+    }
+  }
+
   // ---- query-side weight gradients: sum the 4 key-warps, add to ddw (branches 0 and 2).
   if (!a.ddw) return;
-  __syncthreads();
   float* qs = reinterpret_cast<float*>(smem + C::OFF_PP);  // [2][4][kBQ][N][5]
 #pragma unroll
   for (int cp = 0; cp < 2; ++cp)
@@ -1024,8 +1061,8 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 
 
 // The prefetch costs registers: N = 32 (512 threads capped at 128) spills twice as much with it (about
-// 4 KB instead of 2), so it is on for N = 16 only.
-template <int N, int D, int PROF = 0, bool PF = (N == 16)>
+// 4 KB instead of 2), so it is on for N = 16 only; at N16 D64 its buffer makes room for dQ on chip.
+template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64)>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
   using C = BwdCfg<N, D, PF>;
   auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF>;
@@ -1037,10 +1074,11 @@ void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// DCF_DCMHA_FUSED_PF=0, read at every call: the N16 D64 backward without the key-weight prefetch, for timing.
-bool no_prefetch() {
+// DCF_DCMHA_FUSED_PF=1, read at every call: the N16 D64 builds with the key-weight prefetch (the
+// backward then reduces dQ through global memory), for timing.
+bool prefetch_build() {
   const char* pf = std::getenv("DCF_DCMHA_FUSED_PF");
-  return pf && pf[0] == '0';
+  return pf && pf[0] == '1';
 }
 
 }  // namespace
@@ -1083,9 +1121,8 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
   // DCF_DCMHA_FUSED_PF=1 (N = 16, D = 64) selects the build with the key-weight prefetch and the
   // second exchange buffer, for timing.
   const char* occ = std::getenv("DCF_DCMHA_FUSED_OCC");
-  const char* pf = std::getenv("DCF_DCMHA_FUSED_PF");
   if (sh.N == 16 && sh.D == 64 && occ && occ[0] == '1') launch<16, 64, 1, 1>(a, B, st);
-  else if (sh.N == 16 && sh.D == 64 && pf && pf[0] == '1') launch<16, 64, 1, 2, true>(a, B, st);
+  else if (sh.N == 16 && sh.D == 64 && prefetch_build()) launch<16, 64, 1, 2, true>(a, B, st);
   else if (sh.N == 16 && sh.D == 64) launch<16, 64, 1, 2>(a, B, st);
   else if (sh.N == 16 && sh.D == 128) launch<16, 128, 2>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch<32, 64, 1>(a, B, st);
@@ -1113,7 +1150,9 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
                           int ablate) {
   const Device dev = q.device();
   const int64_t ND = sh.N * sh.D, WN = (2 * kI + 1) * sh.N;
-  Tensor dq32 = Tensor::zeros({sh.B * sh.T * ND}, DType::f32, dev);
+  // N16 D64 (default build and the ablations) keeps dQ on chip and adds it to dq itself.
+  const bool dq_on_chip = sh.N == 16 && sh.D == 64 && (ablate != 0 || !prefetch_build());
+  Tensor dq32 = dq_on_chip ? Tensor() : Tensor::zeros({sh.B * sh.T * ND}, DType::f32, dev);
   Tensor dk32 = Tensor::zeros({sh.B * sh.S * ND}, DType::f32, dev);
   Tensor dv32 = Tensor::zeros({sh.B * sh.S * ND}, DType::f32, dev);
   Tensor kws = ddw.defined() ? Tensor::zeros({sh.B * sh.S * 2 * WN}, DType::f32, dev) : Tensor();
@@ -1125,7 +1164,8 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.dout = static_cast<const bf16*>(dout.raw());
   a.ddw = ddw.defined() ? static_cast<bf16*>(ddw.raw()) : nullptr;
   a.stats = reinterpret_cast<const float2*>(sh.softmax_stats);
-  a.dq = dq32.data<float>();
+  a.dq = dq_on_chip ? nullptr : dq32.data<float>();
+  a.dq_out = static_cast<bf16*>(dq.raw());
   a.dk = dk32.data<float>();
   a.dv = dv32.data<float>();
   a.kws = ddw.defined() ? kws.data<float>() : nullptr;
@@ -1143,13 +1183,13 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
     else if (ablate == 4) launch_bwd<16, 64, 4>(a, B, st);
     else DCF_CHECK(false, "dcmha_fused_backward: ablation ", ablate, " not built");
   } else if (sh.N == 16 && sh.D == 64) {
-    if (no_prefetch()) launch_bwd<16, 64, 0, false>(a, B, st);
+    if (prefetch_build()) launch_bwd<16, 64, 0, true>(a, B, st);
     else launch_bwd<16, 64>(a, B, st);
   } else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);
   else if (sh.N == 32 && sh.D == 128) launch_bwd<32, 128>(a, B, st);
   else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);
-  accumulate_into(DType::bf16, dq.raw(), DType::f32, dq32.raw(), dq32.numel());
+  if (!dq_on_chip) accumulate_into(DType::bf16, dq.raw(), DType::f32, dq32.raw(), dq32.numel());
   accumulate_into(DType::bf16, dk.raw(), DType::f32, dk32.raw(), dk32.numel());
   accumulate_into(DType::bf16, dv.raw(), DType::f32, dv32.raw(), dv32.numel());
   if (ddw.defined()) {

@@ -6,7 +6,11 @@
 //   score fragments (8 heads x 4 cells per thread) share one cell layout across heads.
 // * Compose per cell: each warp forms the partial head reads (sum over its 8 heads of a * X, I = 2,
 //   query and key side: 4 floats per cell), the N/8 head-warps of a key slice add them through
-//   shared memory, then each finishes the writes (b, gates) for its own heads in registers.
+//   shared memory ([warp][cell][lane] float4, bank-conflict free; two buffers alternate between
+//   consecutive Composes where shared memory allows, so each Compose costs one barrier), then each
+//   finishes the writes (b, gates) for its own heads in registers.
+// * Key tiles run through for_key_tiles (one or two barriers per tile; optional cp.async prefetch of
+//   the next tile's key-side weights).
 // * Pass 1: scores, pre-Compose, mask, per-head online row max/sum; reduced over the quad and the
 //   4 key-warps into (m, 1/l) per (head, row) in shared memory.
 // * Pass 2: recompute, pre-Compose, p = exp(z - m) / l exactly, post-Compose, P' (bf16) to shared
@@ -583,9 +587,10 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 //      gradients (branches 0, 2) are row sums, kept in registers and added to ddw at the end; key-side
 //      ones (branches 1, 3) are column sums over the tile's 16 rows, added to an fp32 workspace with
 //      atomics; dQ += dA K, dK += dA^T Q and dV += P'^T dO run on the tensor cores (mma.sync with
-//      ldmatrix operands from padded, bank-conflict-free shared memory; P' and dA
-//      staged in shared memory as bf16) and are added to fp32 workspaces by bulk asynchronous
-//      reductions (cp.reduce.async.bulk, 256 bytes per row) from shared memory.
+//      ldmatrix operands from padded, bank-conflict-free shared memory; P' and dA staged there as
+//      bf16). dK and dV are added to fp32 workspaces by bulk asynchronous reductions
+//      (cp.reduce.async.bulk, one per row) from double-buffered output blocks; dQ likewise, except at
+//      N16 D64 where the CTA's dQ stays in shared memory across the key tiles and is added once.
 // No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
 
 struct BwdArgs {

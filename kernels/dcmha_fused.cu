@@ -939,6 +939,21 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
           *reinterpret_cast<float2*>(out + (g + 8) * SF + 8 * j + 2 * c) = make_float2(acc[j][2], acc[j][3]);
         }
       };
+      // acc (16 x CB) += A fragment af (16 x 16) times the staged operand block (16 x CB); with `zero`
+      // the accumulators start from 0.
+      auto mma_block = [&](float (&acc)[CB / 8][4], const uint32_t (&af)[4], bool zero) {
+#pragma unroll
+        for (int j = 0; j < CB / 16; ++j) {
+          uint32_t bfr[4];
+          ldsm4t(bfr, sb + 32 * j);
+          if (zero) {
+            acc[2 * j][0] = acc[2 * j][1] = acc[2 * j][2] = acc[2 * j][3] = 0.f;
+            acc[2 * j + 1][0] = acc[2 * j + 1][1] = acc[2 * j + 1][2] = acc[2 * j + 1][3] = 0.f;
+          }
+          mma_bf16(acc[2 * j], af[0], af[1], af[2], af[3], bfr[0], bfr[1]);
+          mma_bf16(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
+        }
+      };
 #pragma unroll 1
       for (int cb = 0; cb < D; cb += CB) {
         float acc[CB / 8][4];
@@ -950,13 +965,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
           stage_b(kb_, kb + 16 * kk, S, n, cb);
           uint32_t af[4];
           ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
-#pragma unroll
-          for (int j = 0; j < CB / 16; ++j) {
-            uint32_t bfr[4];
-            ldsm4t(bfr, sb + 32 * j);
-            mma_bf16(acc[2 * j], af[0], af[1], af[2], af[3], bfr[0], bfr[1]);
-            mma_bf16(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
-          }
+          mma_block(acc, af, false);
         }
         if constexpr (C::DQ_ON_CHIP) {
           float* dqn = dqs + n * kBQ * D;
@@ -982,15 +991,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
           for (int kk = 0; kk < 2; ++kk) {
             uint32_t af[4];
             ldsm4t(af, smem_u32(src + tr * PS + 16 * kk + tc));
-#pragma unroll
-            for (int j = 0; j < CB / 16; ++j) {
-              uint32_t bfr[4];
-              ldsm4t(bfr, sb + 32 * j);
-              acc[2 * j][0] = acc[2 * j][1] = acc[2 * j][2] = acc[2 * j][3] = 0.f;
-              acc[2 * j + 1][0] = acc[2 * j + 1][1] = acc[2 * j + 1][2] = acc[2 * j + 1][3] = 0.f;
-              mma_bf16(acc[2 * j], af[0], af[1], af[2], af[3], bfr[0], bfr[1]);
-              mma_bf16(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
-            }
+            mma_block(acc, af, true);
             store_out(out_block(), acc);
             flush(ws, kb + 16 * kk, S, n, cb);
           }

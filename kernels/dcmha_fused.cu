@@ -175,38 +175,28 @@ struct Tile {
   // Forward Compose reads with a (roff = 0); its transpose reads dY with b (roff = I).
   __device__ void partial_reads(const float (&x)[8][4], int slot, int roff, int rb) const {
     float hp[16];
+    // side 0: query-side weights of row g + 8 o against the row's two cells; side 1: key-side weights
+    // of key 2c + o against the key's two cells. Cell e, read r -> hp[e * 4 + r * 2 + side].
 #pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      const uint16_t* wq = qw + (slot * kBQ + g + 8 * ri) * WS + 8 * hw;
+    for (int side = 0; side < 2; ++side)
 #pragma unroll
-      for (int r = 0; r < kI; ++r) {
-        float aw[8];
-        unpack8(lds16(wq + (roff + r) * N), aw);
+      for (int o = 0; o < 2; ++o) {
+        const uint16_t* w = side ? kw + (slot * kBK + 8 * kwp + 2 * c + o) * WS + 8 * hw
+                                 : qw + (slot * kBQ + g + 8 * o) * WS + 8 * hw;
 #pragma unroll
-        for (int ci = 0; ci < 2; ++ci) {
-          float s = 0.f;
+        for (int r = 0; r < kI; ++r) {
+          float aw[8];
+          unpack8(lds16(w + (roff + r) * N), aw);
 #pragma unroll
-          for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][2 * ri + ci], s);
-          hp[(2 * ri + ci) * 4 + r * 2 + 0] = s;
+          for (int p = 0; p < 2; ++p) {
+            const int e = side ? 2 * p + o : 2 * o + p;
+            float s = 0.f;
+#pragma unroll
+            for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][e], s);
+            hp[e * 4 + r * 2 + side] = s;
+          }
         }
       }
-    }
-#pragma unroll
-    for (int ci = 0; ci < 2; ++ci) {
-      const uint16_t* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + 8 * hw;
-#pragma unroll
-      for (int r = 0; r < kI; ++r) {
-        float aw[8];
-        unpack8(lds16(wk + (roff + r) * N), aw);
-#pragma unroll
-        for (int ri = 0; ri < 2; ++ri) {
-          float s = 0.f;
-#pragma unroll
-          for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][2 * ri + ci], s);
-          hp[(2 * ri + ci) * 4 + r * 2 + 1] = s;
-        }
-      }
-    }
     float4* dst = reinterpret_cast<float4*>(red_buf(rb)) + warp * 128 + lane;  // [warp][i][lane]: no bank conflicts
 #pragma unroll
     for (int i = 0; i < 4; ++i) dst[32 * i] = make_float4(hp[4 * i], hp[4 * i + 1], hp[4 * i + 2], hp[4 * i + 3]);

@@ -1146,7 +1146,12 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
                           int ablate) {
   const Device dev = q.device();
   const int64_t ND = sh.N * sh.D, WN = (2 * kI + 1) * sh.N;
-  // N16 D64 (default build and the ablations) keeps dQ on chip and adds it to dq itself.
+  // N16 D64 (default build and the ablations) keeps dQ on chip and adds it to dq itself; every other
+  // build dispatched below needs the dq workspace.
+  static_assert(BwdCfg<16, 64, false>::DQ_ON_CHIP && !BwdCfg<16, 64, true>::DQ_ON_CHIP &&
+                    !BwdCfg<16, 128, true>::DQ_ON_CHIP && !BwdCfg<32, 64, false>::DQ_ON_CHIP &&
+                    !BwdCfg<32, 128, false>::DQ_ON_CHIP,
+                "dq_on_chip must match the builds the dispatch below launches");
   const bool dq_on_chip = sh.N == 16 && sh.D == 64 && (ablate != 0 || !prefetch_build());
   Tensor dq32 = dq_on_chip ? Tensor() : Tensor::zeros({sh.B * sh.T * ND}, DType::f32, dev);
   Tensor dk32 = Tensor::zeros({sh.B * sh.S * ND}, DType::f32, dev);

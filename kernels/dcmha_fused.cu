@@ -301,18 +301,27 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N>& tl, uint16_t* kw2, 
   }
 }
 
-// Scores of this warp's 8 heads for key tile kb: x[h] = A_rows[h] . B_keys[h]^T, with the A rows
-// (query-side: q or dO) loaded straight from global memory (rows clamped to R - 1) and the B rows
-// (key-side: k or v) clamped to S - 1. A and B point at the batch element; both are [rows][N][D].
-// The contraction index d is permuted identically on both sides (8 consecutive d per 16-byte load).
-template <int N, int D>
+// Staged query-side blocks (the backward's Q and dO, [N][kBQ][D] bf16 in shared memory): 16-byte chunk ch
+// of row r sits at chunk ch ^ qd_swz(r). Rows 2i and 2i + 1 differ in bit 2 (the score loads read two rows
+// x four consecutive chunks per 8 lanes) and rows 0-7 map to distinct values (ldmatrix reads one chunk of
+// eight rows), so both access patterns are bank-conflict free.
+__device__ __forceinline__ int qd_swz(int r) { return ((r & 1) << 2) | ((r >> 1) & 3); }
+
+// Scores of this warp's 8 heads for key tile kb: x[h] = A_rows[h] . B_keys[h]^T, with the B rows
+// (key-side: k or v, [keys][N][D] at the batch element) loaded straight from global memory (clamped to
+// S - 1) and the A rows (query-side: q or dO) either the same way (rows clamped to R - 1 of the
+// [rows][N][D] tensor at A) or, with STAGED, from the staged block As (see qd_swz). The contraction index
+// d is permuted identically on both sides (8 consecutive d per 16-byte load).
+template <int N, int D, bool STAGED = false>
 __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, int r0, int R, const bf16* B, int kb,
-                                              int S, const Tile<N>& tl) {
+                                              int S, const Tile<N>& tl, const uint16_t* As = nullptr) {
   constexpr int NC = D / 32;
   const int ra = min(r0 + tl.g, R - 1), rb = min(r0 + tl.g + 8, R - 1);
   const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
   const bf16* pa = A + (int64_t(ra) * N + 8 * tl.hw) * D + 8 * tl.c;
   const bf16* pb = A + (int64_t(rb) * N + 8 * tl.hw) * D + 8 * tl.c;
+  const uint16_t* ps = As + (8 * tl.hw * kBQ + tl.g) * D;
+  const int sw = qd_swz(tl.g);
   const bf16* pk = B + (int64_t(key) * N + 8 * tl.hw) * D + 8 * tl.c;
 #pragma unroll
   for (int h = 0; h < 8; ++h) {
@@ -320,7 +329,15 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
 #pragma unroll
     for (int j = 0; j < NC; ++j) {
       const uint4 kk = ldg16(pk + h * D + 32 * j);
-      const uint4 qa = ldg16(pa + h * D + 32 * j), qb = ldg16(pb + h * D + 32 * j);
+      uint4 qa, qb;
+      if constexpr (STAGED) {
+        const uint16_t* pr = ps + h * kBQ * D + 8 * ((4 * j + tl.c) ^ sw);
+        qa = lds16(pr);
+        qb = lds16(pr + 8 * D);
+      } else {
+        qa = ldg16(pa + h * D + 32 * j);
+        qb = ldg16(pb + h * D + 32 * j);
+      }
       mma_bf16(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
       mma_bf16(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
     }
@@ -579,8 +596,8 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 //      atomics; dQ += dA K, dK += dA^T Q and dV += P'^T dO run on the tensor cores (mma.sync with
 //      ldmatrix operands from padded, bank-conflict-free shared memory; P' and dA staged there as
 //      bf16). dK and dV are added to fp32 workspaces by bulk asynchronous reductions
-//      (cp.reduce.async.bulk, one per row) from double-buffered output blocks; dQ likewise, except at
-//      N16 D64 where the CTA's dQ stays in shared memory across the key tiles and is added once.
+//      (cp.reduce.async.bulk, one per row) from double-buffered output blocks, and dQ likewise. At N16 D64
+//      the CTA's Q and dO rows are staged in shared memory once and feed every tile's matmuls.
 // No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
 
 struct BwdArgs {
@@ -588,7 +605,6 @@ struct BwdArgs {
   bf16* ddw;                 // query-side branches (0, 2) are added here directly; null: no ddw
   const float2* stats;       // optional [B, T, N] (m, 1/l) from the forward: pass 1 is skipped
   float *dq, *dk, *dv, *kws;  // fp32 workspaces, zeroed: [B,T,N,D], [B,S,N,D] x 2, [B,S,2,5,N]
-  bf16* dq_out;               // with dQ kept on chip (BwdCfg::DQ_ON_CHIP): the bf16 dq, added to; dq unused
   int T, S, q_pos0, window;
 };
 
@@ -613,15 +629,16 @@ struct BwdCfg {
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
   static constexpr int OFF_KW2 = OFF_KW + KW_BYTES;  // second key-weight buffer (prefetch), PF only
   static constexpr int OFF_RED = OFF_KW2 + (PF ? KW_BYTES : 0);
-  // N16 D64 without the prefetch buffer: the CTA's dQ (16 rows x N x D fp32, 64 KiB) stays in shared
-  // memory across the key tiles ([n][row][D], 8-float chunks XOR-swizzled by row % 8 so the fragment
-  // adds are conflict free) and is added to dq once, instead of a bulk reduction per tile.
-  static constexpr bool DQ_ON_CHIP = N == 16 && D == 64 && !PF;
-  static constexpr int DQ_BYTES = DQ_ON_CHIP ? N * kBQ * D * 4 : 0;
+  // N16 D64 without the prefetch buffer: the CTA's Q and dO rows (2 x 16 rows x N x D bf16, 64 KiB) are
+  // staged in shared memory once (swizzled, see qd_swz) and feed the score matmuls (QK^T, dO V^T: A
+  // operands shared by the 4 key-warps) and the dK/dV matmuls of every key tile, instead of being
+  // re-read from L2 five times per tile.
+  static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
+  static constexpr int QD_BYTES = QD_SMEM ? 2 * N * kBQ * D * 2 : 0;
   static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
   static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
   static constexpr int ST_BYTES = N * kBQ * 12;
-  static constexpr int BASE = OFF_SCR + NW * (SCR_B + SCR_F) + ST_BYTES + DQ_BYTES;
+  static constexpr int BASE = OFF_SCR + NW * (SCR_B + SCR_F) + ST_BYTES + QD_BYTES;
   static constexpr bool DBL_SCR = BASE + NW * SCR_F <= 227 * 1024;
   static constexpr int SCR_WARP = SCR_B + (DBL_SCR ? 2 : 1) * SCR_F;
   static_assert(SCR_B % 128 == 0 && SCR_WARP % 128 == 0, "scratch alignment");
@@ -629,10 +646,11 @@ struct BwdCfg {
   // tensor-core stage are separated by barriers, and the stage's bulk reads finish before the tile ends.
   static_assert(NW * SCR_WARP >= Tl::RED_BYTES, "red2 alias");
   static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
-  static constexpr int OFF_DQ = OFF_ST + ST_BYTES;
-  static constexpr int SMEM = OFF_DQ + DQ_BYTES;
+  static constexpr int OFF_QD = OFF_ST + ST_BYTES;  // [2][N][kBQ][D]: Q, dO (QD_SMEM)
+  static constexpr int SMEM = OFF_QD + QD_BYTES;
   static_assert(SMEM <= 227 * 1024, "backward shared memory");
-  static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0, "operand alignment");
+  static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0 && OFF_QD % 128 == 0,
+                "operand alignment");
 };
 
 // Reduce-scatter over the lanes lane ^ mask: of M values, the lane keeps half `bit` (0: first M/2, 1:
@@ -739,6 +757,18 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   float* kws_b = a.kws ? a.kws + int64_t(b) * S * 2 * 5 * N : nullptr;
 
   tl.stage_query_weights(dwb, a.q_pos0, t0, T);
+  uint16_t* qds = reinterpret_cast<uint16_t*>(smem + C::OFF_QD);  // QD_SMEM: [2][N][kBQ][D] Q, dO
+  if constexpr (C::QD_SMEM) {  // rows past T zeroed; visible after the first key-tile loop's barrier
+    constexpr int CH = D / 8;
+    for (int idx = tid; idx < 2 * N * kBQ * CH; idx += THREADS) {
+      const int ch = idx % CH, row = (idx / CH) % kBQ, n = (idx / (CH * kBQ)) % N, which = idx / (CH * kBQ * N);
+      const int t = min(t0 + row, T - 1);
+      cp_async16(qds + ((which * N + n) * kBQ + row) * D + 8 * (ch ^ qd_swz(row)),
+                 (which ? dob : qb) + (int64_t(t) * N + n) * D + 8 * ch, t0 + row < T);
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+  }
   const bool rowok[2] = {t0 + g < T, t0 + g + 8 < T};
   const int tp[2] = {a.q_pos0 + min(t0 + g, T - 1), a.q_pos0 + min(t0 + g + 8, T - 1)};
   const int pfirst = a.q_pos0 + t0, plast = a.q_pos0 + min(t0 + kBQ - 1, T - 1);
@@ -748,9 +778,11 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   auto cell_ok = [&](int kb, int e) {
     return rowok[e >> 1] && allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W);
   };
-  auto qk_scores = [&](float (&x)[8][4], int kb) { scores_global<N, D>(x, qb, t0, T, kb_, kb, S, tl); };
+  auto qk_scores = [&](float (&x)[8][4], int kb) {
+    scores_global<N, D, C::QD_SMEM>(x, qb, t0, T, kb_, kb, S, tl, qds);
+  };
   auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells
-    scores_global<N, D>(x, dob, t0, T, vb, kb, S, tl);
+    scores_global<N, D, C::QD_SMEM>(x, dob, t0, T, vb, kb, S, tl, qds + N * kBQ * D);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const bool ok = cell_ok(kb, e);
@@ -805,10 +837,6 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   }
 
   // ---- pass C: all gradients.
-  float* dqs = reinterpret_cast<float*>(smem + C::OFF_DQ);  // DQ_ON_CHIP: [N][kBQ][D], zeroed here
-  if constexpr (C::DQ_ON_CHIP)
-    for (int idx = tid; idx < N * kBQ * D / 4; idx += THREADS)
-      reinterpret_cast<float4*>(dqs)[idx] = make_float4(0.f, 0.f, 0.f, 0.f);
   float qacc[2][20];
 #pragma unroll
   for (int i = 0; i < 20; ++i) qacc[0][i] = qacc[1][i] = 0.f;
@@ -929,13 +957,22 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
           *reinterpret_cast<float2*>(out + (g + 8) * SF + 8 * j + 2 * c) = make_float2(acc[j][2], acc[j][3]);
         }
       };
-      // acc (16 x CB) += A fragment af (16 x 16) times the staged operand block (16 x CB); with `zero`
-      // the accumulators start from 0.
-      auto mma_block = [&](float (&acc)[CB / 8][4], const uint32_t (&af)[4], bool zero) {
+      // acc (16 x CB) += A fragment af (16 x 16) times a 16 x CB operand block in shared memory, whose
+      // ldmatrix lane address for columns [16 j, 16 j + 16) is bad[j]; with `zero` the accumulators start
+      // from 0. The block is the warp's staged block (sbad) or, with QD_SMEM, the CTA's Q or dO (qdad).
+      uint32_t sbad[CB / 16], qdad[2][CB / 16];
+#pragma unroll
+      for (int j = 0; j < CB / 16; ++j) {
+        sbad[j] = sb + 32 * j;
+#pragma unroll
+        for (int which = 0; which < 2; ++which)
+          qdad[which][j] = smem_u32(qds + ((which * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
+      }
+      auto mma_block = [&](float (&acc)[CB / 8][4], const uint32_t (&af)[4], bool zero, const uint32_t (&bad)[CB / 16]) {
 #pragma unroll
         for (int j = 0; j < CB / 16; ++j) {
           uint32_t bfr[4];
-          ldsm4t(bfr, sb + 32 * j);
+          ldsm4t(bfr, bad[j]);
           if (zero) {
             acc[2 * j][0] = acc[2 * j][1] = acc[2 * j][2] = acc[2 * j][3] = 0.f;
             acc[2 * j + 1][0] = acc[2 * j + 1][1] = acc[2 * j + 1][2] = acc[2 * j + 1][3] = 0.f;
@@ -955,33 +992,21 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
           stage_b(kb_, kb + 16 * kk, S, n, cb);
           uint32_t af[4];
           ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
-          mma_block(acc, af, false);
+          mma_block(acc, af, false, sbad);
         }
-        if constexpr (C::DQ_ON_CHIP) {
-          float* dqn = dqs + n * kBQ * D;
-#pragma unroll
-          for (int j = 0; j < CB / 8; ++j) {
-            float2* p0 = reinterpret_cast<float2*>(dqn + g * D + 8 * (j ^ g) + 2 * c);
-            float2* p1 = reinterpret_cast<float2*>(dqn + (g + 8) * D + 8 * (j ^ g) + 2 * c);
-            float2 u = *p0, w = *p1;
-            u.x += acc[j][0], u.y += acc[j][1], w.x += acc[j][2], w.y += acc[j][3];
-            *p0 = u, *p1 = w;
-          }
-        } else {
-          store_out(out_block(), acc);
-          flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
-        }
+        store_out(out_block(), acc);
+        flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
         // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
 #pragma unroll 1
         for (int which = 0; which < 2; ++which) {
-          stage_b(which ? dob : qb, t0, T, n, cb);
+          if constexpr (!C::QD_SMEM) stage_b(which ? dob : qb, t0, T, n, cb);
           const bf16* src = which ? Ppn : dAn;
           float* ws = (which ? a.dv : a.dk) + int64_t(b) * S * N * D;
 #pragma unroll
           for (int kk = 0; kk < 2; ++kk) {
             uint32_t af[4];
             ldsm4t(af, smem_u32(src + tr * PS + 16 * kk + tc));
-            mma_block(acc, af, true);
+            mma_block(acc, af, true, C::QD_SMEM ? qdad[which] : sbad);
             store_out(out_block(), acc);
             flush(ws, kb + 16 * kk, S, n, cb);
           }
@@ -994,19 +1019,6 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   });
 
   __syncthreads();
-  if constexpr (C::DQ_ON_CHIP) {  // dq[t0 + row, n, :] += the CTA's dQ, 8 columns per thread and step
-    for (int idx = tid; idx < N * kBQ * (D / 8); idx += THREADS) {
-      const int ch = idx % (D / 8), row = (idx / (D / 8)) % kBQ, n = idx / (D / 8 * kBQ);
-      if (t0 + row >= T) continue;
-      const float4* src = reinterpret_cast<const float4*>(dqs + (n * kBQ + row) * D + 8 * (ch ^ (row & 7)));
-      const float4 lo = src[0], hi = src[1];
-      uint4* dst = reinterpret_cast<uint4*>(a.dq_out + ((int64_t(b) * T + t0 + row) * N + n) * D + 8 * ch);
-      float f[8];
-      unpack8(*dst, f);
-      *dst = make_uint4(pack_bf16(f[0] + lo.x, f[1] + lo.y), pack_bf16(f[2] + lo.z, f[3] + lo.w),
-                        pack_bf16(f[4] + hi.x, f[5] + hi.y), pack_bf16(f[6] + hi.z, f[7] + hi.w));
-    }
-  }
 
   // ---- query-side weight gradients: sum the 4 key-warps, add to ddw (branches 0 and 2).
   if (!a.ddw) return;
@@ -1057,7 +1069,7 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 
 
 // The prefetch costs registers: N = 32 (512 threads capped at 128) spills twice as much with it (about
-// 4 KB instead of 2), so it is on for N = 16 only; at N16 D64 its buffer makes room for dQ on chip.
+// 4 KB instead of 2), so it is on for N = 16 only; at N16 D64 its buffer makes room for the staged Q and dO.
 template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64)>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
   using C = BwdCfg<N, D, PF>;
@@ -1146,14 +1158,7 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
                           int ablate) {
   const Device dev = q.device();
   const int64_t ND = sh.N * sh.D, WN = (2 * kI + 1) * sh.N;
-  // N16 D64 (default build and the ablations) keeps dQ on chip and adds it to dq itself; every other
-  // build dispatched below needs the dq workspace.
-  static_assert(BwdCfg<16, 64, false>::DQ_ON_CHIP && !BwdCfg<16, 64, true>::DQ_ON_CHIP &&
-                    !BwdCfg<16, 128, true>::DQ_ON_CHIP && !BwdCfg<32, 64, false>::DQ_ON_CHIP &&
-                    !BwdCfg<32, 128, false>::DQ_ON_CHIP,
-                "dq_on_chip must match the builds the dispatch below launches");
-  const bool dq_on_chip = sh.N == 16 && sh.D == 64 && (ablate != 0 || !prefetch_build());
-  Tensor dq32 = dq_on_chip ? Tensor() : Tensor::zeros({sh.B * sh.T * ND}, DType::f32, dev);
+  Tensor dq32 = Tensor::zeros({sh.B * sh.T * ND}, DType::f32, dev);
   Tensor dk32 = Tensor::zeros({sh.B * sh.S * ND}, DType::f32, dev);
   Tensor dv32 = Tensor::zeros({sh.B * sh.S * ND}, DType::f32, dev);
   Tensor kws = ddw.defined() ? Tensor::zeros({sh.B * sh.S * 2 * WN}, DType::f32, dev) : Tensor();
@@ -1165,8 +1170,7 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.dout = static_cast<const bf16*>(dout.raw());
   a.ddw = ddw.defined() ? static_cast<bf16*>(ddw.raw()) : nullptr;
   a.stats = reinterpret_cast<const float2*>(sh.softmax_stats);
-  a.dq = dq_on_chip ? nullptr : dq32.data<float>();
-  a.dq_out = static_cast<bf16*>(dq.raw());
+  a.dq = dq32.data<float>();
   a.dk = dk32.data<float>();
   a.dv = dv32.data<float>();
   a.kws = ddw.defined() ? kws.data<float>() : nullptr;
@@ -1190,7 +1194,7 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);
   else if (sh.N == 32 && sh.D == 128) launch_bwd<32, 128>(a, B, st);
   else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);
-  if (!dq_on_chip) accumulate_into(DType::bf16, dq.raw(), DType::f32, dq32.raw(), dq32.numel());
+  accumulate_into(DType::bf16, dq.raw(), DType::f32, dq32.raw(), dq32.numel());
   accumulate_into(DType::bf16, dk.raw(), DType::f32, dk32.raw(), dk32.numel());
   accumulate_into(DType::bf16, dv.raw(), DType::f32, dv32.raw(), dv32.numel());
   if (ddw.defined()) {

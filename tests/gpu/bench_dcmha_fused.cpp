@@ -123,8 +123,8 @@ int main(int argc, char** argv) {
         setenv("DCF_DCMHA_FUSED_PF", "1", 1);
         const double pf_f = time_ms(run_fused, reps), pf_b = time_ms(run_fused_bwd, reps);
         unsetenv("DCF_DCMHA_FUSED_PF");
-        std::printf(" (ms; full %.3f)\n  builds with the key-weight prefetch (bwd: dQ reduced in global memory): fwd "
-                    "%.3f (default %.3f), bwd %.3f (default, dQ on chip: %.3f)\n", fused_b, pf_f, fused, pf_b, fused_b);
+        std::printf(" (ms; full %.3f)\n  builds with the key-weight prefetch (bwd: Q and dO read from L2): fwd "
+                    "%.3f (default %.3f), bwd %.3f (default, Q and dO staged: %.3f)\n", fused_b, pf_f, fused, pf_b, fused_b);
       }
     }
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "

@@ -7,8 +7,9 @@
 // * Compose per cell: each warp forms the partial head reads (sum over its 8 heads of a * X, I = 2,
 //   query and key side: 4 floats per cell), the N/8 head-warps of a key slice add them through
 //   shared memory ([warp][cell][lane] float4, bank-conflict free; two buffers alternate between
-//   consecutive Composes where shared memory allows, so each Compose costs one barrier), then each
-//   finishes the writes (b, gates) for its own heads in registers.
+//   consecutive Composes where shared memory allows, so each Compose costs one barrier, a named
+//   barrier of the key slice's head-warps only), then each finishes the writes (b, gates) for its own
+//   heads in registers.
 // * Key tiles run through for_key_tiles (one or two barriers per tile; optional cp.async prefetch of
 //   the next tile's key-side weights).
 // * Pass 1: scores, pre-Compose, mask, per-head online row max/sum; reduced over the quad and the
@@ -111,7 +112,8 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // [a (I x N) | b (I x N) | g (N)] in bf16. red [NW][4][32] float4 exchanges the per-cell partial reads. With
 // two exchange buffers (red2 != red) consecutive Composes alternate between them, so a Compose needs one
 // barrier (between its writes and reads of the partial reads) instead of two: by the time any thread
-// passes Compose j + 1's barrier, every thread has finished reading Compose j's buffer.
+// passes Compose j + 1's barrier, every thread has finished reading Compose j's buffer. The exchange
+// barriers are per key slice (slice_sync): a slice's warps touch only their own rows of red.
 template <int N>
 struct Tile {
   static constexpr int H = N / 8;          // head-warps per key slice (8 heads each)
@@ -165,9 +167,13 @@ struct Tile {
     }
   }
   __device__ float* red_buf(int rb) const { return rb ? red2 : red; }
+  // The barrier of a Compose's exchange: only the H head-warps of one key slice (warps kwp, kwp + 4, ...)
+  // write and read each other's partial reads, so they sync among themselves (named barrier 1 + kwp)
+  // and the four key slices do not wait for each other.
+  __device__ void slice_sync() const { asm volatile("bar.sync %0, %1;\n" ::"r"(1 + kwp), "n"(32 * H) : "memory"); }
   // Where one exchange buffer serves every Compose, the barrier that frees it for the next one.
   __device__ void red_free() const {
-    if (red2 == red) __syncthreads();
+    if (red2 == red) slice_sync();
   }
 
   // Partial reads of one Compose over this warp's 8 heads, weight rows roff .. roff + I - 1 of the
@@ -250,10 +256,10 @@ struct Tile {
     }
   }
   // One Compose in place on x (forward: transpose = false) through exchange buffer rb, with its reads
-  // left in tot. Contains one barrier; the buffer must be free on entry (see red2 above).
+  // left in tot. Contains one (key-slice) barrier; the buffer must be free on entry (see red2 above).
   __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16], int rb) const {
     partial_reads(x, slot, transpose ? kI : 0, rb);
-    __syncthreads();
+    slice_sync();
     total_reads(tot, rb);
     finish(x, slot, transpose ? 0 : kI, tot);
   }
@@ -531,7 +537,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
       probs<N>(sc, tk, st, kb, cell_ok);
       tk.red_free();
       tk.partial_reads(sc, 1, 0, 1);
-      __syncthreads();
+      tk.slice_sync();
       tk.total_reads(tot, 1);
       if (in_group) {
         tk.finish(sc, 1, kI, tot);
@@ -920,7 +926,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     dov_scores(y, kb);  // dP'
     tk.red_free();
     tk.partial_reads(y, 1, kI, 0);
-    __syncthreads();
+    tk.slice_sync();
     tk.total_reads(te, 0);
     if (kws_b && !(PROF & 2)) compose_grads<N>(tk, x, y, tpost, te, qacc[1], kws_b, 1, kb, S);
     tk.finish(y, 1, 0, te);  // dP
@@ -930,7 +936,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
     tk.red_free();
     tk.partial_reads(y, 0, kI, 1);
-    __syncthreads();
+    tk.slice_sync();
     tk.total_reads(te, 1);
     if (kws_b && !(PROF & 2)) compose_grads<N>(tk, A, y, tpre, te, qacc[0], kws_b, 0, kb, S);
     tk.finish(y, 0, 0, te);  // dA

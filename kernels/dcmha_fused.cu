@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/tensor.h"
@@ -109,30 +110,54 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // backward kernels. Warp (kwp, hw) holds the scores of keys [8 kwp, 8 kwp + 8) and heads
 // [8 hw, 8 hw + 8): x[h][e], cells e = (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1).
 // Staged dynamic weights: qw [2][kBQ][WS] (branches 0, 2), kw [2][kBK][WS] (branches 1, 3); each row is
-// [a (I x N) | b (I x N) | g (N)] in bf16. red [NW][4][32] float4 exchanges the per-cell partial reads. With
+// [a (I x N) | b (I x N) | g (N)], in bf16 (W = uint16_t, unpacked to fp32 at every use) or, where shared
+// memory allows, converted to fp32 when staged (W = float). red [NW][4][32] float4 exchanges the per-cell partial reads. With
 // two exchange buffers (red2 != red) consecutive Composes alternate between them, so a Compose needs one
 // barrier (between its writes and reads of the partial reads) instead of two: by the time any thread
 // passes Compose j + 1's barrier, every thread has finished reading Compose j's buffer. The exchange
 // barriers are per key slice (slice_sync): a slice's warps touch only their own rows of red.
-template <int N>
+template <int N, class W = uint16_t>
 struct Tile {
+  static constexpr bool F32 = std::is_same_v<W, float>;
+  static_assert(F32 || std::is_same_v<W, uint16_t>, "staged weights are bf16 or fp32");
   static constexpr int H = N / 8;          // head-warps per key slice (8 heads each)
   static constexpr int NW = 4 * H;         // warps
   static constexpr int THREADS = 32 * NW;  // = 16 N
   static constexpr int WN = (2 * kI + 1) * N;
-  static constexpr int WS = WN + 8;  // staged weight row stride (bf16): an odd number of 16-byte slots
-  static constexpr int QP = WN / 8;  // 16-byte pieces of one token's branch weights
+  // Staged weight row stride (elements): an odd number of 16-byte slots (WN / 4 is even for N % 8 == 0).
+  static constexpr int WS = F32 ? WN + 4 : WN + 8;
+  static constexpr int QP = WN / 8;  // 16-byte pieces of one token's branch weights (bf16, in global memory)
   static constexpr int RED_BYTES = NW * 32 * 16 * 4;
   static_assert(N % 8 == 0, "N must be a multiple of 8");
 
+  // Eight staged weights (8 consecutive heads) as fp32.
+  static __device__ __forceinline__ void ld8(const W* p, float (&f)[8]) {
+    if constexpr (F32) {
+      const float4 lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
+      f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
+    } else {
+      unpack8(lds16(p), f);
+    }
+  }
+  // Stores eight bf16 weights (one 16-byte piece of global memory) at dst in the staged type.
+  static __device__ __forceinline__ void st8(W* dst, const uint4& u) {
+    if constexpr (F32) {
+      float f[8];
+      unpack8(u, f);
+      reinterpret_cast<float4*>(dst)[0] = make_float4(f[0], f[1], f[2], f[3]);
+      reinterpret_cast<float4*>(dst)[1] = make_float4(f[4], f[5], f[6], f[7]);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = u;
+    }
+  }
 
-  uint16_t* qw;
-  uint16_t* kw;
+  W* qw;
+  W* kw;
   float* red;
   float* red2;
   int tid, lane, warp, kwp, hw, g, c;
 
-  __device__ Tile(uint16_t* qw_, uint16_t* kw_, float* red_, float* red2_)
+  __device__ Tile(W* qw_, W* kw_, float* red_, float* red2_)
       : qw(qw_), kw(kw_), red(red_), red2(red2_) {
     tid = int(threadIdx.x);
     lane = tid & 31;
@@ -148,22 +173,26 @@ struct Tile {
     for (int idx = tid; idx < 2 * kBQ * QP; idx += THREADS) {
       const int p = idx % QP, rr = idx / QP, row = rr % kBQ, br = rr / kBQ;
       const int64_t tpos = q_pos0 + min(t0 + row, T - 1);
-      *reinterpret_cast<uint4*>(qw + (br * kBQ + row) * WS + 8 * p) =
-          ldg16(dwb + (tpos * 4 + (br ? 2 : 0)) * WN + 8 * p);
+      const uint4 u = ldg16(dwb + (tpos * 4 + (br ? 2 : 0)) * WN + 8 * p);
+      st8(qw + (br * kBQ + row) * WS + 8 * p, u);
     }
   }
   // Key-side weights of keys kb .. kb + kBK - 1 into dst: branch 1 (nbr = 1) or branches 1 and 3
-  // (nbr = 2), keys past S zeroed; asynchronous (cp.async, the caller commits and waits). The thread
-  // index is re-read so that the address arithmetic is not hoisted out of the key-tile loop (it would
-  // hold registers across the whole tile).
-  __device__ void stage_key_weights(const bf16* dwb, int kb, int nbr, int S, uint16_t* dst) const {
+  // (nbr = 2), keys past S zeroed; bf16: asynchronous (cp.async, the caller commits and waits), fp32:
+  // converted on the way (synchronous). The thread index is re-read so that the address arithmetic is
+  // not hoisted out of the key-tile loop (it would hold registers across the whole tile).
+  __device__ void stage_key_weights(const bf16* dwb, int kb, int nbr, int S, W* dst) const {
     int t;
     asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
     for (int idx = t; idx < nbr * kBK * QP; idx += THREADS) {
       const int p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
       const int s = kb + key;
-      cp_async16(dst + (br * kBK + key) * WS + 8 * p, dwb + (int64_t(min(s, S - 1)) * 4 + (br ? 3 : 1)) * WN + 8 * p,
-                 s < S);
+      if constexpr (F32)
+        st8(dst + (br * kBK + key) * WS + 8 * p,
+            s < S ? ldg16(dwb + (int64_t(s) * 4 + (br ? 3 : 1)) * WN + 8 * p) : make_uint4(0, 0, 0, 0));
+      else
+        cp_async16(dst + (br * kBK + key) * WS + 8 * p,
+                   dwb + (int64_t(min(s, S - 1)) * 4 + (br ? 3 : 1)) * WN + 8 * p, s < S);
     }
   }
   __device__ float* red_buf(int rb) const { return rb ? red2 : red; }
@@ -187,12 +216,12 @@ struct Tile {
     for (int side = 0; side < 2; ++side)
 #pragma unroll
       for (int o = 0; o < 2; ++o) {
-        const uint16_t* w = side ? kw + (slot * kBK + 8 * kwp + 2 * c + o) * WS + 8 * hw
-                                 : qw + (slot * kBQ + g + 8 * o) * WS + 8 * hw;
+        const W* w = side ? kw + (slot * kBK + 8 * kwp + 2 * c + o) * WS + 8 * hw
+                          : qw + (slot * kBQ + g + 8 * o) * WS + 8 * hw;
 #pragma unroll
         for (int r = 0; r < kI; ++r) {
           float aw[8];
-          unpack8(lds16(w + (roff + r) * N), aw);
+          ld8(w + (roff + r) * N, aw);
 #pragma unroll
           for (int p = 0; p < 2; ++p) {
             const int e = side ? 2 * p + o : 2 * o + p;
@@ -229,18 +258,18 @@ struct Tile {
   __device__ void finish(float (&x)[8][4], int slot, int woff, const float (&tot)[16]) const {
 #pragma unroll
     for (int ci = 0; ci < 2; ++ci) {
-      const uint16_t* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + 8 * hw;
+      const W* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + 8 * hw;
       float bk0[8], bk1[8], gk[8];
-      unpack8(lds16(wk + woff * N), bk0);
-      unpack8(lds16(wk + (woff + 1) * N), bk1);
-      unpack8(lds16(wk + 2 * kI * N), gk);
+      ld8(wk + woff * N, bk0);
+      ld8(wk + (woff + 1) * N, bk1);
+      ld8(wk + 2 * kI * N, gk);
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
-        const uint16_t* wq = qw + (slot * kBQ + g + 8 * ri) * WS + 8 * hw;
+        const W* wq = qw + (slot * kBQ + g + 8 * ri) * WS + 8 * hw;
         float bq0[8], bq1[8], gq[8];
-        unpack8(lds16(wq + woff * N), bq0);
-        unpack8(lds16(wq + (woff + 1) * N), bq1);
-        unpack8(lds16(wq + 2 * kI * N), gq);
+        ld8(wq + woff * N, bq0);
+        ld8(wq + (woff + 1) * N, bq1);
+        ld8(wq + 2 * kI * N, gq);
         const int e = 2 * ri + ci;
         const float hq0 = tot[e * 4 + 0], hk0 = tot[e * 4 + 1], hq1 = tot[e * 4 + 2], hk1 = tot[e * 4 + 3];
 #pragma unroll
@@ -274,8 +303,8 @@ __device__ __forceinline__ bool allowed(int tpos, int s, int window) {
 // the next tile's weights are fetched (cp.async) while the current one is processed and each tile costs
 // one barrier; otherwise the tile's weights are fetched and waited for between two barriers. The loop
 // starts with a barrier (every thread done with both buffers) and leaves no copy in flight.
-template <int N, class Body>
-__device__ __forceinline__ void for_key_tiles(const Tile<N>& tl, uint16_t* kw2, const bf16* dwb, int kstart, int khi,
+template <int N, class W, class Body>
+__device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, const bf16* dwb, int kstart, int khi,
                                               int nbr, int S, Body&& body) {
   if (kw2 == nullptr) {
     for (int kb = kstart; kb <= khi; kb += kBK) {
@@ -291,8 +320,8 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N>& tl, uint16_t* kw2, 
   __syncthreads();
   tl.stage_key_weights(dwb, kstart, nbr, S, tl.kw);
   cp_async_commit();
-  Tile<N> tk = tl;
-  uint16_t* next = kw2;
+  Tile<N, W> tk = tl;
+  W* next = kw2;
   for (int kb = kstart; kb <= khi; kb += kBK) {
     cp_async_wait_all();
     __syncthreads();  // this tile's weights visible; every thread done with the previous tile
@@ -300,8 +329,8 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N>& tl, uint16_t* kw2, 
       tl.stage_key_weights(dwb, kb + kBK, nbr, S, next);
       cp_async_commit();
     }
-    body(static_cast<const Tile<N>&>(tk), kb);
-    uint16_t* cur = tk.kw;
+    body(static_cast<const Tile<N, W>&>(tk), kb);
+    W* cur = tk.kw;
     tk.kw = next;
     next = cur;
   }
@@ -318,9 +347,9 @@ __device__ __forceinline__ int qd_swz(int r) { return ((r & 1) << 2) | ((r >> 1)
 // S - 1) and the A rows (query-side: q or dO) either the same way (rows clamped to R - 1 of the
 // [rows][N][D] tensor at A) or, with STAGED, from the staged block As (see qd_swz). The contraction index
 // d is permuted identically on both sides (8 consecutive d per 16-byte load).
-template <int N, int D, bool STAGED = false>
+template <int N, int D, bool STAGED = false, class W>
 __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, int r0, int R, const bf16* B, int kb,
-                                              int S, const Tile<N>& tl, const uint16_t* As = nullptr) {
+                                              int S, const Tile<N, W>& tl, const uint16_t* As = nullptr) {
   constexpr int NC = D / 32;
   const int ra = min(r0 + tl.g, R - 1), rb = min(r0 + tl.g + 8, R - 1);
   const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
@@ -353,15 +382,15 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
 // Pass 1 of both kernels: per-head row max and sum of the pre-Composed, masked logits, reduced to
 // st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
 // `part` aliases red. Ends with st written and visible (barrier).
-template <int N, class ScoreFn, class OkFn>
-__device__ void row_stats(const Tile<N>& tl, uint16_t* kw2, const bf16* dwb, int kstart, int khi, int S,
+template <int N, class W, class ScoreFn, class OkFn>
+__device__ void row_stats(const Tile<N, W>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
                           ScoreFn scores, OkFn ok, float2* st) {
   float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
   float mrow[8][2], lrow[8][2];
 #pragma unroll
   for (int h = 0; h < 8; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
-  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N>& tk, int kb) {
+  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N, W>& tk, int kb) {
     float x[8][4], tot[16];
     scores(x, kb);
     tk.compose(x, 0, false, tot, 0);
@@ -396,7 +425,7 @@ __device__ void row_stats(const Tile<N>& tl, uint16_t* kw2, const bf16* dwb, int
       if (tl.c == 0) part[(tl.kwp * N + 8 * tl.hw + h) * kBQ + tl.g + 8 * ri] = make_float2(m, l);
     }
   __syncthreads();
-  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N>::THREADS) {
+  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N, W>::THREADS) {
     float M = -INFINITY;
 #pragma unroll
     for (int k4 = 0; k4 < 4; ++k4) M = fmaxf(M, part[k4 * N * kBQ + idx].x);
@@ -412,8 +441,8 @@ __device__ void row_stats(const Tile<N>& tl, uint16_t* kw2, const bf16* dwb, int
 }
 
 // Softmax with the row statistics, in place on the pre-Composed logits: p = exp(z - m) / l, 0 where masked.
-template <int N, class OkFn>
-__device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N>& tl, const float2* st, int kb, OkFn ok) {
+template <int N, class W, class OkFn>
+__device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N, W>& tl, const float2* st, int kb, OkFn ok) {
   bool okc[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
@@ -432,30 +461,36 @@ __device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N>& tl, const
 
 template <int N, int D, int G, int MINB, bool PF>
 struct Cfg {
-  using Tl = Tile<N>;
-  static constexpr int NW = Tl::NW, WS = Tl::WS, THREADS = Tl::THREADS;
+  static constexpr int NW = Tile<N>::NW, THREADS = Tile<N>::THREADS;
   static constexpr int NC = D / 32;  // 32-wide chunks of d
   static constexpr int NG = N / G;   // heads per output group
   static constexpr int HPW = NG / NW;
   static_assert(NG % 8 == 0 && HPW >= 1 && NG % NW == 0, "fused dcmha config");
+  // Shared memory per CTA next to MINB CTAs per SM (228 KiB per SM, 1 KiB reserved per CTA, 227 KiB per CTA).
+  static constexpr int LIMIT = MINB == 1 ? 227 * 1024 : 228 * 1024 / MINB - 1024;
   static constexpr int Q_BYTES = N * NC * 2 * 32 * 16;
-  static constexpr int QW_BYTES = 2 * kBQ * WS * 2;
-  static constexpr int KW_BYTES = 2 * kBK * WS * 2;
   static constexpr int PART_BYTES = 4 * N * kBQ * 8;  // pass-1 partial statistics, aliases RED
-  static constexpr int RED_U = Tl::RED_BYTES > PART_BYTES ? Tl::RED_BYTES : PART_BYTES;
+  static constexpr int RED_U = Tile<N>::RED_BYTES > PART_BYTES ? Tile<N>::RED_BYTES : PART_BYTES;
   static constexpr int P_BYTES = NG * 4 * 32 * 8;
   static constexpr int ST_BYTES = N * kBQ * 8;
+  // The dynamic weights stay bf16 here: fp32 staging (as in the backward) measured 12 % slower at N16 D64
+  // (two CTAs per SM at 128 registers: more spills, twice the shared loads; docs/perf/dcmha_fused.md, F6).
+  using WT = uint16_t;
+  using Tl = Tile<N, WT>;
+  static constexpr int WS = Tl::WS;
+  static constexpr int QW_BYTES = 2 * kBQ * WS * int(sizeof(WT));
+  static constexpr int KW_BYTES = 2 * kBK * WS * int(sizeof(WT));
   static constexpr int OFF_QW = Q_BYTES;
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
   static constexpr int OFF_RED = OFF_KW + KW_BYTES;
   static constexpr int OFF_P = OFF_RED + RED_U;
   static constexpr int OFF_ST = OFF_P + P_BYTES;
   static constexpr int SMEM1 = OFF_ST + ST_BYTES;
+  static_assert(SMEM1 <= LIMIT, "forward shared memory");
   // A second key-weight buffer and a second exchange buffer (prefetch, one barrier less per Compose)
-  // where PF asks for them and they fit next to MINB CTAs per SM (228 KiB per SM, 1 KiB reserved per
-  // CTA, 227 KiB per CTA).
+  // where PF asks for them and they fit.
   static constexpr int DBL_BYTES = KW_BYTES + Tl::RED_BYTES;
-  static constexpr bool DBL = PF && SMEM1 + DBL_BYTES <= (MINB == 1 ? 227 * 1024 : 228 * 1024 / MINB - 1024);
+  static constexpr bool DBL = PF && SMEM1 + DBL_BYTES <= LIMIT;
   static constexpr int OFF_KW2 = SMEM1, OFF_RED2 = SMEM1 + KW_BYTES;
   static constexpr int SMEM = DBL ? SMEM1 + DBL_BYTES : SMEM1;
 };
@@ -463,16 +498,18 @@ struct Cfg {
 template <int N, int D, int G, int MINB, bool PF>
 __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs a) {
   using C = Cfg<N, D, G, MINB, PF>;
-  constexpr int NC = C::NC, THREADS = Tile<N>::THREADS;
-  constexpr int64_t WN = Tile<N>::WN;
+  using Tl = typename C::Tl;
+  using WT = typename C::WT;
+  constexpr int NC = C::NC, THREADS = Tl::THREADS;
+  constexpr int64_t WN = Tl::WN;
   extern __shared__ __align__(16) unsigned char smem[];
   uint4* Qs = reinterpret_cast<uint4*>(smem);                           // [N][NC][2][32]
   uint2* Pb = reinterpret_cast<uint2*>(smem + C::OFF_P);                // [NG][4][32]
   float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);             // [N][kBQ]: (m, 1/l)
-  const Tile<N> tl(reinterpret_cast<uint16_t*>(smem + C::OFF_QW), reinterpret_cast<uint16_t*>(smem + C::OFF_KW),
+  const Tl tl(reinterpret_cast<WT*>(smem + C::OFF_QW), reinterpret_cast<WT*>(smem + C::OFF_KW),
                    reinterpret_cast<float*>(smem + C::OFF_RED),
                    reinterpret_cast<float*>(smem + (C::DBL ? C::OFF_RED2 : C::OFF_RED)));
-  uint16_t* kw2 = C::DBL ? reinterpret_cast<uint16_t*>(smem + C::OFF_KW2) : nullptr;
+  WT* kw2 = C::DBL ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int b = blockIdx.y;
   const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;  // heaviest (causal) tiles first
@@ -530,7 +567,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) acc[hh][j][jj][0] = acc[hh][j][jj][1] = acc[hh][j][jj][2] = acc[hh][j][jj][3] = 0.f;
     const bool in_group = (8 * hw) / C::NG == gi;
-    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tile<N>& tk, int kb) {
+    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
       float sc[8][4], tot[16];
       scores(sc, kb);
       tk.compose(sc, 0, false, tot, 0);
@@ -616,11 +653,15 @@ struct BwdArgs {
 
 template <int N, int D, bool PF>
 struct BwdCfg {
-  using Tl = Tile<N>;
+  // N16 D64 without the prefetch buffer stages the dynamic weights as fp32 (the other builds keep bf16:
+  // their shared memory is taken, or cp.async prefetches them).
+  static constexpr bool F32W = N == 16 && D == 64 && !PF;
+  using WT = std::conditional_t<F32W, float, uint16_t>;
+  using Tl = Tile<N, WT>;
   static constexpr int NW = Tl::NW, WS = Tl::WS;
   static constexpr int PS = 40;  // row stride (bf16) of the staged P' and dA tiles: [N][kBQ][PS]
-  static constexpr int QW_BYTES = 2 * kBQ * WS * 2;
-  static constexpr int KW_BYTES = 2 * kBK * WS * 2;
+  static constexpr int QW_BYTES = 2 * kBQ * WS * int(sizeof(WT));
+  static constexpr int KW_BYTES = 2 * kBK * WS * int(sizeof(WT));
   static constexpr int PT_BYTES = N * kBQ * PS * 2;
   static constexpr int QACC_BYTES = 2 * 4 * kBQ * N * 5 * 4;  // final query-side reduction, aliases P'/dA
   static_assert(QACC_BYTES <= 2 * PT_BYTES, "qacc alias");
@@ -703,8 +744,8 @@ __device__ __forceinline__ void grad_sums(const float (&x)[8][4], const float (&
 // layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
 // head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
 // column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
-template <int N>
-__device__ __forceinline__ void compose_grads(const Tile<N>& tl, const float (&x)[8][4], const float (&y)[8][4],
+template <int N, class W>
+__device__ __forceinline__ void compose_grads(const Tile<N, W>& tl, const float (&x)[8][4], const float (&y)[8][4],
                                               const float (&hr)[16], const float (&er)[16], float (&qacc)[20],
                                               float* kws_b, int slot, int kb, int S) {
 #pragma unroll
@@ -741,10 +782,12 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   constexpr int64_t WN = Tile<N>::WN;
   static_assert(N / NW == 2, "two heads per warp in the tensor-core stage");
   extern __shared__ __align__(128) unsigned char smem[];
-  const Tile<N> tl(reinterpret_cast<uint16_t*>(smem + C::OFF_QW), reinterpret_cast<uint16_t*>(smem + C::OFF_KW),
+  using Tl = typename C::Tl;
+  using WT = typename C::WT;
+  const Tl tl(reinterpret_cast<WT*>(smem + C::OFF_QW), reinterpret_cast<WT*>(smem + C::OFF_KW),
                    reinterpret_cast<float*>(smem + C::OFF_RED),
                    reinterpret_cast<float*>(smem + C::OFF_SCR));
-  uint16_t* kw2 = PF ? reinterpret_cast<uint16_t*>(smem + C::OFF_KW2) : nullptr;
+  WT* kw2 = PF ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
   bf16* Pp = reinterpret_cast<bf16*>(smem + C::OFF_PP);  // [N][kBQ][PS] P' of the tile
   bf16* dAs = Pp + N * kBQ * PS;                          // [N][kBQ][PS] dA of the tile
   bf16* scr_b = reinterpret_cast<bf16*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP);
@@ -813,7 +856,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     float dacc[8][2];
 #pragma unroll
     for (int h = 0; h < 8; ++h) dacc[h][0] = dacc[h][1] = 0.f;
-    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tile<N>& tk, int kb) {
+    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
       float x[8][4], y[8][4], tot[16];
       qk_scores(x, kb);
       tk.compose(x, 0, false, tot, 0);
@@ -907,7 +950,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
 
   // Exchange buffers of the four Composes of a tile: 0 (Z), 1 (P'), 0 (dP), 1 (dA); buffer 1 aliases
   // the tensor-core scratch, whose bulk reads end (wait below) before the next tile's first barrier.
-  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tile<N>& tk, int kb) {
+  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
     float A[8][4], x[8][4], y[8][4], tpre[16], tpost[16], te[16];
     qk_scores(A, kb);
 #pragma unroll

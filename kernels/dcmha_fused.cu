@@ -32,6 +32,10 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/tensor.h"
 
+#ifndef DCF_KERNEL_TIMING_BUILDS
+#define DCF_KERNEL_TIMING_BUILDS 0
+#endif
+
 namespace dcf::cuda {
 namespace {
 
@@ -502,7 +506,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
   using WT = typename C::WT;
   constexpr int NC = C::NC, THREADS = Tl::THREADS;
   constexpr int64_t WN = Tl::WN;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // as the backward declares it (128-byte aligned blocks)
   uint4* Qs = reinterpret_cast<uint4*>(smem);                           // [N][NC][2][32]
   uint2* Pb = reinterpret_cast<uint2*>(smem + C::OFF_P);                // [NG][4][32]
   float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);             // [N][kBQ]: (m, 1/l)
@@ -1131,14 +1135,23 @@ void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// DCF_DCMHA_FUSED_PF=1, read at every call: the N16 D64 builds with the key-weight prefetch (the
-// backward then reduces dQ through global memory), for timing.
-bool prefetch_build() {
-  const char* pf = std::getenv("DCF_DCMHA_FUSED_PF");
-  return pf && pf[0] == '1';
+// Timing-only builds (compiled with -DDCF_KERNEL_TIMING_BUILDS=ON): the N16 D64 forward at one CTA
+// per SM (DCF_DCMHA_FUSED_OCC=1), the N16 D64 builds with the key-weight prefetch
+// (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2)
+// and the backward's ablations. The variables are read at every call; setting one in a build without
+// these kernels is an error rather than a silent fallback to the default build.
+bool env_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v && v[0] == '1';
+}
+void require_timing_builds(const char* what) {
+  DCF_CHECK(DCF_KERNEL_TIMING_BUILDS, what, " selects a timing-only kernel build; configure with "
+            "-DDCF_KERNEL_TIMING_BUILDS=ON");
 }
 
 }  // namespace
+
+bool dcmha_fused_timing_builds() { return DCF_KERNEL_TIMING_BUILDS; }
 
 bool dcmha_fused_supported(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                            const Tensor& o, std::string* why) {
@@ -1173,14 +1186,16 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
   a.window = int(sh.window);
   const int B = int(sh.B);
   // N = 16, D = 64 runs capped at 128 registers for two CTAs per SM (452 B of spills), 10-22 % faster
-  // than one CTA at 228 registers (docs/perf/dcmha_fused.md, F1 vs F2). DCF_DCMHA_FUSED_OCC=1 (read at
-  // every call) selects the one-CTA build, for timing the trade-off.
-  // DCF_DCMHA_FUSED_PF=1 (N = 16, D = 64) selects the build with the key-weight prefetch and the
-  // second exchange buffer, for timing.
-  const char* occ = std::getenv("DCF_DCMHA_FUSED_OCC");
-  if (sh.N == 16 && sh.D == 64 && occ && occ[0] == '1') launch<16, 64, 1, 1>(a, B, st);
-  else if (sh.N == 16 && sh.D == 64 && prefetch_build()) launch<16, 64, 1, 2, true>(a, B, st);
-  else if (sh.N == 16 && sh.D == 64) launch<16, 64, 1, 2>(a, B, st);
+  // than one CTA at 228 registers (docs/perf/dcmha_fused.md, F1 vs F2; DCF_DCMHA_FUSED_OCC=1 times the
+  // one-CTA build, DCF_DCMHA_FUSED_PF=1 the prefetch build: see require_timing_builds).
+  const bool occ = env_on("DCF_DCMHA_FUSED_OCC"), pf = env_on("DCF_DCMHA_FUSED_PF");
+  if (sh.N == 16 && sh.D == 64 && (occ || pf)) {
+    require_timing_builds(occ ? "DCF_DCMHA_FUSED_OCC=1" : "DCF_DCMHA_FUSED_PF=1");
+#if DCF_KERNEL_TIMING_BUILDS
+    if (occ) launch<16, 64, 1, 1>(a, B, st);
+    else launch<16, 64, 1, 2, true>(a, B, st);
+#endif
+  } else if (sh.N == 16 && sh.D == 64) launch<16, 64, 1, 2>(a, B, st);
   else if (sh.N == 16 && sh.D == 128) launch<16, 128, 2>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch<32, 64, 1>(a, B, st);
   else if (sh.N == 32 && sh.D == 128) launch<32, 128, 2>(a, B, st);
@@ -1228,18 +1243,20 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.q_pos0 = int(sh.q_pos0);
   a.window = int(sh.window);
   const int B = int(sh.B);
-  if (ablate != 0) {
-    DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate > 0 && ablate < 8, "dcmha_fused_backward: ablation ", ablate,
-              " is built for N16 D64 only");
+  const bool pf = sh.N == 16 && sh.D == 64 && env_on("DCF_DCMHA_FUSED_PF");
+  if (ablate != 0 || pf) {
+    require_timing_builds(ablate != 0 ? "a backward ablation" : "DCF_DCMHA_FUSED_PF=1");
+    DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 4, "dcmha_fused_backward: ablation ", ablate,
+              " is not built (1-4, N16 D64 only)");
+#if DCF_KERNEL_TIMING_BUILDS
     if (ablate == 1) launch_bwd<16, 64, 1>(a, B, st);
     else if (ablate == 2) launch_bwd<16, 64, 2>(a, B, st);
     else if (ablate == 3) launch_bwd<16, 64, 3>(a, B, st);
     else if (ablate == 4) launch_bwd<16, 64, 4>(a, B, st);
-    else DCF_CHECK(false, "dcmha_fused_backward: ablation ", ablate, " not built");
-  } else if (sh.N == 16 && sh.D == 64) {
-    if (prefetch_build()) launch_bwd<16, 64, 0, true>(a, B, st);
-    else launch_bwd<16, 64>(a, B, st);
-  } else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
+    else launch_bwd<16, 64, 0, true>(a, B, st);
+#endif
+  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64>(a, B, st);
+  else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);
   else if (sh.N == 32 && sh.D == 128) launch_bwd<32, 128>(a, B, st);
   else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);

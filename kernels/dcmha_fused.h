@@ -28,10 +28,15 @@ bool dcmha_fused_backward_supported(const DcmhaShape& sh, const Tensor& q, const
                                     const Tensor& dw, const Tensor& dout, const Tensor& dq, const Tensor& dk,
                                     const Tensor& dv, const Tensor& ddw, std::string* why = nullptr);
 
+// Whether the timing-only kernel builds are compiled in (CMake option DCF_KERNEL_TIMING_BUILDS): the
+// backward's ablations below and the builds that DCF_DCMHA_FUSED_OCC=1 / DCF_DCMHA_FUSED_PF=1 select
+// (N16 D64, for benchmarks); without them those requests are errors.
+bool dcmha_fused_timing_builds();
+
 // Adds the gradients of o = DCMHA(q, k, v, dw) given dout into dq, dk, dv and (if defined) ddw, all bf16;
 // the same accumulate contract as dcmha_backward. Runs on stream st (= the current stream).
-// ablate != 0 (N16 D64 only, wrong results, for timing): 1 skips the tensor-core stage, 2 the weight
-// gradients, 3 both, 4 only the reductions (bulk adds to global memory) of the tensor-core stage.
+// ablate != 0 (N16 D64 only, timing builds only, wrong results): 1 skips the tensor-core stage, 2 the
+// weight gradients, 3 both, 4 only the reductions (bulk adds to global memory) of the tensor-core stage.
 void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                           const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw, cudaStream_t st,
                           int ablate = 0);

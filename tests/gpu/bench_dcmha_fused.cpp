@@ -5,7 +5,8 @@
 // memory of one fused fwd+bwd beyond its inputs at T = 2048, 8192, 32768.
 // Usage: bench_dcmha_fused [reps] [--fwd-only | --profile]
 // --profile: one fused forward and one backward of the first shape (B8 T2048 N16 D64 causal), nothing
-// else, as the target of a profiler.
+// else, as the target of a profiler. The one-CTA forward, the backward's ablations and the prefetch builds
+// are timed where the kernels were built with -DDCF_KERNEL_TIMING_BUILDS=ON.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -69,8 +70,9 @@ int main(int argc, char** argv) {
         cuda::synchronize();
         return 0;
       }
+      const bool timing = cuda::dcmha_fused_timing_builds();  // -DDCF_KERNEL_TIMING_BUILDS=ON
       setenv("DCF_DCMHA_FUSED_OCC", "1", 1);
-      double fused_occ1 = c.N == 16 && c.D == 64 ? time_ms(run_fused, reps) : NAN;
+      double fused_occ1 = timing && c.N == 16 && c.D == 64 ? time_ms(run_fused, reps) : NAN;
       unsetenv("DCF_DCMHA_FUSED_OCC");
       double fused = time_ms(run_fused, reps);
       double fused_b = fwd_only ? NAN : time_ms(run_fused_bwd, reps);
@@ -112,7 +114,7 @@ int main(int argc, char** argv) {
                     (long long)c.N, (long long)c.D, (long long)c.W);
       std::printf("%-24s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.1f %9.2f %9.2f\n", name, fused, fused_occ1,
                   fused_b, fused_fb, v1, v1_fb, cf, cfb, mm_flop / fused / 1e9, v1_fb / fused_fb, fused_fb / cfb);
-      if (c.N == 16 && c.D == 64 && !fwd_only) {  // where the backward's time goes (timing-only builds)
+      if (timing && c.N == 16 && c.D == 64 && !fwd_only) {  // where the backward's time goes (timing-only builds)
         std::printf("  bwd ablations:");
         for (int ab : {1, 2, 3, 4}) {
           const double t = time_ms(
@@ -129,7 +131,9 @@ int main(int argc, char** argv) {
     }
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "
                 "backward reading the forward's statistics); cudnn: plain MHA (compose off); fusedTF: "
-                "matmul TFLOP/s of the fused fwd (6D per head per allowed cell); occ1_f: N16 D64 fwd at one CTA/SM\n");
+                "matmul TFLOP/s of the fused fwd (6D per head per allowed cell); occ1_f: N16 D64 fwd at one CTA/SM%s\n",
+                cuda::dcmha_fused_timing_builds() ? "" : " (occ1_f, ablations and prefetch builds: configure with "
+                                                      "-DDCF_KERNEL_TIMING_BUILDS=ON)");
     if (!fwd_only) {
       // Memory: peak device bytes of one fused fwd+bwd beyond the inputs and gradients (allocated first).
       std::printf("\n%-24s %12s %12s %14s\n", "shape (causal, bf16)", "inputs MiB", "extra MiB", "extra B/token");

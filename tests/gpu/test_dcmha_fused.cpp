@@ -190,6 +190,52 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   }
 }
 
+// The timing-only builds (DCF_DCMHA_FUSED_OCC / _PF, backward ablations) are requests that must fail with
+// a message naming the CMake option where they are not compiled in, not fall back to another build.
+TEST(DcmhaFusedTimingBuilds, RequestsFailWithoutTheOption) {
+  std::string why;
+  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
+  if (cuda::dcmha_fused_timing_builds()) GTEST_SKIP() << "built with DCF_KERNEL_TIMING_BUILDS=ON";
+  const Case c{1, 128, 128, 0, 16, 64, 0};
+  const DcmhaShape sh = shape_of(c);
+  std::mt19937_64 rng(seed());
+  Pair q = random_pair(rng, {1, 128, 16, 64}, 0.2), k = random_pair(rng, {1, 128, 16, 64}, 1),
+       v = random_pair(rng, {1, 128, 16, 64}, 1), dw = random_pair(rng, {1, 128, 4, 5, 16}, 0.3),
+       dout = random_pair(rng, {1, 128, 16, 64}, 1);
+  Tensor o = Tensor::zeros(q.gpu.shape(), DType::bf16, q.gpu.device());
+  Tensor dq = o.clone(), dk = o.clone(), dv = o.clone(), ddw = Tensor::zeros(dw.gpu.shape(), DType::bf16, o.device());
+  auto message_of = [](auto&& fn) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto fwd = [&] {
+    cuda::dcmha_fused_forward(sh, q.gpu.raw(), k.gpu.raw(), v.gpu.raw(), dw.gpu.raw(), o.raw(), cuda::current_stream());
+  };
+  auto bwd = [&](int ablate) {
+    return [&, ablate] {
+      cuda::dcmha_fused_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, dq, dk, dv, ddw, cuda::current_stream(),
+                                 ablate);
+    };
+  };
+  for (const char* var : {"DCF_DCMHA_FUSED_OCC", "DCF_DCMHA_FUSED_PF"}) {
+    setenv(var, "1", 1);
+    EXPECT_NE(message_of(fwd).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << var;
+    unsetenv(var);
+  }
+  setenv("DCF_DCMHA_FUSED_PF", "1", 1);
+  EXPECT_NE(message_of(bwd(0)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos);
+  unsetenv("DCF_DCMHA_FUSED_PF");
+  EXPECT_NE(message_of(bwd(1)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos);
+  // Without the variables the default builds run.
+  EXPECT_EQ(message_of(fwd), "no error");
+  EXPECT_EQ(message_of(bwd(0)), "no error");
+  cuda::synchronize();
+}
+
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   return "B" + std::to_string(c.B) + "_T" + std::to_string(c.T) + "_S" + std::to_string(c.S) + "_p" +

@@ -196,6 +196,7 @@ TEST(DcmhaFusedTimingBuilds, RequestsFailWithoutTheOption) {
   std::string why;
   if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
   if (cuda::dcmha_fused_timing_builds()) GTEST_SKIP() << "built with DCF_KERNEL_TIMING_BUILDS=ON";
+  cuda::init();
   const Case c{1, 128, 128, 0, 16, 64, 0};
   const DcmhaShape sh = shape_of(c);
   std::mt19937_64 rng(seed());

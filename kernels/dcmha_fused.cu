@@ -289,11 +289,19 @@ struct Tile {
     }
   }
   // One Compose in place on x (forward: transpose = false) through exchange buffer rb, with its reads
-  // left in tot. Contains one (key-slice) barrier; the buffer must be free on entry (see red2 above).
-  __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16], int rb) const {
+  // left in tot; on_reads(tot) runs between the reads and the writes, while x still holds the input
+  // (the backward's weight gradients). Contains one (key-slice) barrier; the buffer must be free on entry
+  // (see red2 above).
+  struct NoReadsHook {
+    __device__ void operator()(const float (&)[16]) const {}
+  };
+  template <class OnReads = NoReadsHook>
+  __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16], int rb,
+                          OnReads&& on_reads = {}) const {
     partial_reads(x, slot, transpose ? kI : 0, rb);
     slice_sync();
     total_reads(tot, rb);
+    on_reads(static_cast<const float (&)[16]>(tot));
     finish(x, slot, transpose ? 0 : kI, tot);
   }
 };
@@ -972,21 +980,17 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     stage_tile(Pp, y);
     dov_scores(y, kb);  // dP'
     tk.red_free();
-    tk.partial_reads(y, 1, kI, 0);
-    tk.slice_sync();
-    tk.total_reads(te, 0);
-    if (kws_b && !(PROF & 2)) compose_grads<N>(tk, x, y, tpost, te, qacc[1], kws_b, 1, kb, S);
-    tk.finish(y, 1, 0, te);  // dP
+    tk.compose(y, 1, true, te, 0, [&](const float (&er)[16]) {  // dP
+      if (kws_b && !(PROF & 2)) compose_grads<N>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
+    });
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
     tk.red_free();
-    tk.partial_reads(y, 0, kI, 1);
-    tk.slice_sync();
-    tk.total_reads(te, 1);
-    if (kws_b && !(PROF & 2)) compose_grads<N>(tk, A, y, tpre, te, qacc[0], kws_b, 0, kb, S);
-    tk.finish(y, 0, 0, te);  // dA
+    tk.compose(y, 0, true, te, 1, [&](const float (&er)[16]) {  // dA
+      if (kws_b && !(PROF & 2)) compose_grads<N>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
+    });
     stage_tile(dAs, y);
     __syncthreads();
     // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d.

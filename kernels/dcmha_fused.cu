@@ -115,11 +115,11 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // [8 hw, 8 hw + 8): x[h][e], cells e = (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1).
 // Staged dynamic weights: qw [2][kBQ][WS] (branches 0, 2), kw [2][kBK][WS] (branches 1, 3); each row is
 // [a (I x N) | b (I x N) | g (N)], in bf16 (W = uint16_t, unpacked to fp32 at every use) or, where shared
-// memory allows, converted to fp32 when staged (W = float). red [NW][4][32] float4 exchanges the per-cell partial reads. With
-// two exchange buffers (red2 != red) consecutive Composes alternate between them, so a Compose needs one
-// barrier (between its writes and reads of the partial reads) instead of two: by the time any thread
-// passes Compose j + 1's barrier, every thread has finished reading Compose j's buffer. The exchange
-// barriers are per key slice (slice_sync): a slice's warps touch only their own rows of red.
+// memory allows, converted to fp32 when staged (W = float). red [NW][4][32] float4 exchanges the per-cell
+// partial reads. With two exchange buffers (red2 != red) consecutive Composes alternate between them, so a
+// Compose needs one barrier (between its writes and reads of the partial reads) instead of two: by the
+// time any thread passes Compose j + 1's barrier, every thread has finished reading Compose j's buffer.
+// The exchange barriers are per key slice (slice_sync): a slice's warps touch only their own rows of red.
 template <int N, class W = uint16_t>
 struct Tile {
   static constexpr bool F32 = std::is_same_v<W, float>;
@@ -1025,7 +1025,8 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
         for (int which = 0; which < 2; ++which)
           qdad[which][j] = smem_u32(qds + ((which * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
       }
-      auto mma_block = [&](float (&acc)[CB / 8][4], const uint32_t (&af)[4], bool zero, const uint32_t (&bad)[CB / 16]) {
+      auto mma_block = [&](float (&acc)[CB / 8][4], const uint32_t (&af)[4], bool zero,
+                           const uint32_t (&bad)[CB / 16]) {
 #pragma unroll
         for (int j = 0; j < CB / 16; ++j) {
           uint32_t bfr[4];

@@ -126,7 +126,8 @@ int main(int argc, char** argv) {
         const double pf_f = time_ms(run_fused, reps), pf_b = time_ms(run_fused_bwd, reps);
         unsetenv("DCF_DCMHA_FUSED_PF");
         std::printf(" (ms; full %.3f)\n  builds with the key-weight prefetch (bwd: Q and dO read from L2): fwd "
-                    "%.3f (default %.3f), bwd %.3f (default, Q and dO staged: %.3f)\n", fused_b, pf_f, fused, pf_b, fused_b);
+                    "%.3f (default %.3f), bwd %.3f (default, Q and dO staged: %.3f)\n",
+                    fused_b, pf_f, fused, pf_b, fused_b);
       }
     }
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "

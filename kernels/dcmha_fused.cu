@@ -199,6 +199,26 @@ struct Tile {
                    dwb + (int64_t(min(s, S - 1)) * 4 + (br ? 3 : 1)) * WN + 8 * p, s < S);
     }
   }
+  // The fp32 staging of both key-side branches split in two, so that the loads can be issued early:
+  // load_key_weights fills this thread's pieces (KWR 16-byte loads) into registers, store_key_weights
+  // converts and stores them.
+  static constexpr int KWR = (2 * kBK * QP + THREADS - 1) / THREADS;
+  __device__ void load_key_weights(const bf16* dwb, int kb, int S, uint4 (&r)[KWR]) const {
+#pragma unroll
+    for (int i = 0; i < KWR; ++i) {
+      const int idx = tid + THREADS * i, p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
+      const int s = kb + key;
+      r[i] = idx < 2 * kBK * QP && s < S ? ldg16(dwb + (int64_t(s) * 4 + (br ? 3 : 1)) * WN + 8 * p)
+                                         : make_uint4(0, 0, 0, 0);
+    }
+  }
+  __device__ void store_key_weights(const uint4 (&r)[KWR], W* dst) const {
+#pragma unroll
+    for (int i = 0; i < KWR; ++i) {
+      const int idx = tid + THREADS * i, p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
+      if (idx < 2 * kBK * QP) st8(dst + (br * kBK + key) * WS + 8 * p, r[i]);
+    }
+  }
   __device__ float* red_buf(int rb) const { return rb ? red2 : red; }
   // The barrier of a Compose's exchange: only the H head-warps of one key slice (warps kwp, kwp + 4, ...)
   // write and read each other's partial reads, so they sync among themselves (named barrier 1 + kwp)
@@ -348,6 +368,21 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, cons
   }
 }
 
+// The key-tile loop of a body that stages the next tile's key-side weights (both branches) into tl.kw
+// itself, at a point after the tile's last read of them and a barrier: each tile then costs one barrier.
+// The first tile's weights are staged here.
+template <int N, class W, class Body>
+__device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W>& tl, const bf16* dwb, int kstart,
+                                                          int khi, int S, Body&& body) {
+  static_assert(Tile<N, W>::F32, "synchronous staging");
+  __syncthreads();  // every thread done with the previous loop's weights
+  tl.stage_key_weights(dwb, kstart, 2, S, tl.kw);
+  for (int kb = kstart; kb <= khi; kb += kBK) {
+    __syncthreads();  // this tile's weights visible
+    body(tl, kb);
+  }
+}
+
 // Staged query-side blocks (the backward's Q and dO, [N][kBQ][D] bf16 in shared memory): 16-byte chunk ch
 // of row r sits at chunk ch ^ qd_swz(r). Rows 2i and 2i + 1 differ in bit 2 (the score loads read two rows
 // x four consecutive chunks per 8 lanes) and rows 0-7 map to distinct values (ldmatrix reads one chunk of
@@ -385,6 +420,36 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
         qa = ldg16(pa + h * D + 32 * j);
         qb = ldg16(pb + h * D + 32 * j);
       }
+      mma_bf16(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
+      mma_bf16(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
+    }
+  }
+}
+
+// The B fragments of scores_global (key rows of k or v for this warp's 8 heads), loaded ahead of use, and
+// the scores from them.
+template <int N, int D, class W>
+__device__ __forceinline__ void load_key_frags(uint4 (&kf)[8][D / 32], const bf16* B, int kb, int S,
+                                               const Tile<N, W>& tl) {
+  const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
+  const bf16* pk = B + (int64_t(key) * N + 8 * tl.hw) * D + 8 * tl.c;
+#pragma unroll
+  for (int h = 0; h < 8; ++h)
+#pragma unroll
+    for (int j = 0; j < D / 32; ++j) kf[h][j] = ldg16(pk + h * D + 32 * j);
+}
+template <int N, int D, class W>
+__device__ __forceinline__ void scores_staged(float (&x)[8][4], const uint4 (&kf)[8][D / 32], const Tile<N, W>& tl,
+                                              const uint16_t* As) {
+  const uint16_t* ps = As + (8 * tl.hw * kBQ + tl.g) * D;
+  const int sw = qd_swz(tl.g);
+#pragma unroll
+  for (int h = 0; h < 8; ++h) {
+    x[h][0] = x[h][1] = x[h][2] = x[h][3] = 0.f;
+#pragma unroll
+    for (int j = 0; j < D / 32; ++j) {
+      const uint16_t* pr = ps + h * kBQ * D + 8 * ((4 * j + tl.c) ^ sw);
+      const uint4 qa = lds16(pr), qb = lds16(pr + 8 * D), kk = kf[h][j];
       mma_bf16(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
       mma_bf16(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
     }
@@ -668,6 +733,11 @@ struct BwdCfg {
   // N16 D64 without the prefetch buffer stages the dynamic weights as fp32 (the other builds keep bf16:
   // their shared memory is taken, or cp.async prefetches them).
   static constexpr bool F32W = N == 16 && D == 64 && !PF;
+  // N16 D64 without the prefetch buffer: the CTA's Q and dO rows (2 x 16 rows x N x D bf16, 64 KiB) are
+  // staged in shared memory once (swizzled, see qd_swz) and feed the score matmuls (QK^T, dO V^T: A
+  // operands shared by the 4 key-warps) and the dK/dV matmuls of every key tile, instead of being
+  // re-read from L2 five times per tile.
+  static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
   using WT = std::conditional_t<F32W, float, uint16_t>;
   using Tl = Tile<N, WT>;
   static constexpr int NW = Tl::NW, WS = Tl::WS;
@@ -679,20 +749,16 @@ struct BwdCfg {
   static_assert(QACC_BYTES <= 2 * PT_BYTES, "qacc alias");
   static_assert(Tl::RED_BYTES >= 4 * N * kBQ * 8, "part alias");
   static constexpr int CB = N == 16 ? 64 : 32;  // d columns per tensor-core block
-  // Per warp: a bf16 16 x CB operand block (row stride SB), then one or two f32 16 x CB output blocks
-  // (row stride SF; two: a block's bulk reduction may still be reading one while the next block is
-  // written to the other). The paddings make ldmatrix and the fragment stores bank-conflict free.
+  // Per warp: a bf16 16 x CB operand block (row stride SB; the dK/dV matmuls' Q or dO block, only where
+  // those are not staged for the CTA), then one or two f32 16 x CB output blocks (row stride SF; two: a
+  // block's bulk reduction may still be reading one while the next block is written to the other). The
+  // paddings make ldmatrix and the fragment stores bank-conflict free.
   static constexpr int SB = CB + 8, SF = CB + 4;
-  static constexpr int SCR_B = 16 * SB * 2, SCR_F = 16 * SF * 4;
+  static constexpr int SCR_B = QD_SMEM ? 0 : 16 * SB * 2, SCR_F = 16 * SF * 4;
   static constexpr int OFF_QW = 0;
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
   static constexpr int OFF_KW2 = OFF_KW + KW_BYTES;  // second key-weight buffer (prefetch), PF only
   static constexpr int OFF_RED = OFF_KW2 + (PF ? KW_BYTES : 0);
-  // N16 D64 without the prefetch buffer: the CTA's Q and dO rows (2 x 16 rows x N x D bf16, 64 KiB) are
-  // staged in shared memory once (swizzled, see qd_swz) and feed the score matmuls (QK^T, dO V^T: A
-  // operands shared by the 4 key-warps) and the dK/dV matmuls of every key tile, instead of being
-  // re-read from L2 five times per tile.
-  static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
   static constexpr int QD_BYTES = QD_SMEM ? 2 * N * kBQ * D * 2 : 0;
   static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
   static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
@@ -863,24 +929,49 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     row_stats<N>(tl, kw2, dwb, kstart, khi, S, qk_scores, cell_ok, st);
   }
 
+  // AHEAD (N16 D64 with Q and dO staged, fp32 weights): the next tile's K fragments (kf) and key-side
+  // weights (kwr) are loaded into registers during the current tile, where few registers are live (pass
+  // A: before its second Compose; pass C: at the start of the tensor-core stage), so neither load is
+  // exposed at the next tile's start. The weights are stored after a barrier that follows the tile's last
+  // read of them (pass C: the one before its tensor-core stage, so a tile costs one barrier at its start
+  // instead of two). Loads past the last tile are clamped and not used.
+  constexpr bool AHEAD = C::QD_SMEM && C::F32W;
+  uint4 kf[8][D / 32], kwr[Tl::KWR];
+  auto load_ahead = [&](int kb) {
+    load_key_frags<N, D>(kf, kb_, kb, S, tl);
+    tl.load_key_weights(dwb, kb, S, kwr);
+  };
+
   // ---- pass A: Delta = rowsum(P * dP).
   {
     float dacc[8][2];
 #pragma unroll
     for (int h = 0; h < 8; ++h) dacc[h][0] = dacc[h][1] = 0.f;
-    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
+    auto tile_a = [&](const Tl& tk, int kb) {
       float x[8][4], y[8][4], tot[16];
-      qk_scores(x, kb);
+      if constexpr (AHEAD) scores_staged<N, D>(x, kf, tl, qds);
+      else qk_scores(x, kb);
       tk.compose(x, 0, false, tot, 0);
       probs<N>(x, tk, st, kb, cell_ok);
       dov_scores(y, kb);
+      if constexpr (AHEAD) load_ahead(kb + kBK);
       tk.red_free();
       tk.compose(y, 1, true, tot, 1);  // dP
 #pragma unroll
       for (int h = 0; h < 8; ++h)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[h][e >> 1] = fmaf(x[h][e], y[h][e], dacc[h][e >> 1]);
-    });
+      if constexpr (AHEAD) {
+        __syncthreads();
+        tl.store_key_weights(kwr, tl.kw);
+      }
+    };
+    if constexpr (AHEAD) {
+      load_key_frags<N, D>(kf, kb_, kstart, S, tl);
+      for_key_tiles_self_staged<N>(tl, dwb, kstart, khi, S, tile_a);
+    } else {
+      for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, tile_a);
+    }
     __syncthreads();
     float* part = tl.red;  // [4][N][kBQ]
 #pragma unroll
@@ -902,8 +993,8 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
 #pragma unroll
   for (int i = 0; i < 20; ++i) qacc[0][i] = qacc[1][i] = 0.f;
   constexpr int CB = C::CB, SB = C::SB, SF = C::SF;
-  // B operand block: rows [row0, row0 + 16) x columns [d0, d0 + CB) of head n of a [rows][N][D] tensor
-  // -> scr_b [16][SB] (16-byte loads, rows past nrows zeroed).
+  // B operand block of the dK/dV matmuls (without QD_SMEM): rows [row0, row0 + 16) x columns [d0, d0 + CB)
+  // of head n of a [rows][N][D] tensor -> scr_b [16][SB] (16-byte loads, rows past nrows zeroed).
   auto stage_b = [&](const bf16* base, int row0, int nrows, int n, int d0) {
     constexpr int PR = CB / 8;  // 16-byte pieces per row
     uint4 val[16 * PR / 32];
@@ -960,11 +1051,13 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
             pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
   };
 
+  if constexpr (AHEAD) load_key_frags<N, D>(kf, kb_, kstart, S, tl);
   // Exchange buffers of the four Composes of a tile: 0 (Z), 1 (P'), 0 (dP), 1 (dA); buffer 1 aliases
   // the tensor-core scratch, whose bulk reads end (wait below) before the next tile's first barrier.
-  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
+  auto tile_c = [&](const Tl& tk, int kb) {
     float A[8][4], x[8][4], y[8][4], tpre[16], tpost[16], te[16];
-    qk_scores(A, kb);
+    if constexpr (AHEAD) scores_staged<N, D>(A, kf, tl, qds);
+    else qk_scores(A, kb);
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
@@ -993,6 +1086,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     });
     stage_tile(dAs, y);
     __syncthreads();
+    if constexpr (AHEAD) load_ahead(kb + kBK);
     // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d.
 #pragma unroll 1
     for (int hh = 0; hh < ((PROF & 1) ? 0 : 2); ++hh) {
@@ -1013,6 +1107,20 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
           *reinterpret_cast<float2*>(out + g * SF + 8 * j + 2 * c) = make_float2(acc[j][0], acc[j][1]);
           *reinterpret_cast<float2*>(out + (g + 8) * SF + 8 * j + 2 * c) = make_float2(acc[j][2], acc[j][3]);
         }
+      };
+      // The same for dQ's permuted columns (see below): row g holds columns 32 j + 8 c .. + 7 of tiles
+      // 4 j .. 4 j + 3, two float4 per row and j (conflict-free: rows are SF = 4 mod 32 floats apart).
+      auto store_q = [&](float* out, const float (&acc)[CB / 8][4]) {
+#pragma unroll
+        for (int j = 0; j < CB / 32; ++j)
+#pragma unroll
+          for (int ri = 0; ri < 2; ++ri) {
+            float4* p = reinterpret_cast<float4*>(out + (g + 8 * ri) * SF + 32 * j + 8 * c);
+            p[0] = make_float4(acc[4 * j][2 * ri], acc[4 * j][2 * ri + 1], acc[4 * j + 1][2 * ri],
+                               acc[4 * j + 1][2 * ri + 1]);
+            p[1] = make_float4(acc[4 * j + 2][2 * ri], acc[4 * j + 2][2 * ri + 1], acc[4 * j + 3][2 * ri],
+                               acc[4 * j + 3][2 * ri + 1]);
+          }
       };
       // acc (16 x CB) += A fragment af (16 x 16) times a 16 x CB operand block in shared memory, whose
       // ldmatrix lane address for columns [16 j, 16 j + 16) is bad[j]; with `zero` the accumulators start
@@ -1042,17 +1150,36 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
 #pragma unroll 1
       for (int cb = 0; cb < D; cb += CB) {
         float acc[CB / 8][4];
-        // dQ[t0.., n, cb..] += dA (16 x 32) K (32 x CB)
+        // dQ[t0.., n, cb..] += dA (16 x 32) K (32 x CB). With QD_SMEM (no operand block in the scratch) the
+        // B fragments of K come straight from L2 as in the forward's P'V: 16-byte loads of 8 consecutive d
+        // of one key, transposed by movmatrix; n8 tile 4 j + jj then holds the columns
+        // cb + 32 j + 8 q + 2 jj + {0, 1} (q = 0..3), put back in place by store_q. Keys past S are
+        // clamped (their dA is 0). Otherwise K is staged in 16 x CB blocks (stage_b).
 #pragma unroll
         for (int j = 0; j < CB / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
-          stage_b(kb_, kb + 16 * kk, S, n, cb);
           uint32_t af[4];
-          ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
-          mma_block(acc, af, false, sbad);
+          if constexpr (C::QD_SMEM) {
+            const bf16* ka = kb_ + (int64_t(min(kb + 16 * kk + g, S - 1)) * N + n) * D + cb + 8 * c;
+            const bf16* kc = kb_ + (int64_t(min(kb + 16 * kk + 8 + g, S - 1)) * N + n) * D + cb + 8 * c;
+            ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
+#pragma unroll
+            for (int j = 0; j < CB / 32; ++j) {
+              const uint4 va = ldg16(ka + 32 * j), vc = ldg16(kc + 32 * j);
+#pragma unroll
+              for (int jj = 0; jj < 4; ++jj)
+                mma_bf16(acc[4 * j + jj], af[0], af[1], af[2], af[3], mov_trans(comp(va, jj)),
+                         mov_trans(comp(vc, jj)));
+            }
+          } else {
+            stage_b(kb_, kb + 16 * kk, S, n, cb);
+            ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
+            mma_block(acc, af, false, sbad);
+          }
         }
-        store_out(out_block(), acc);
+        if constexpr (C::QD_SMEM) store_q(out_block(), acc);
+        else store_out(out_block(), acc);
         flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
         // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
 #pragma unroll 1
@@ -1074,7 +1201,10 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     // The scratch is the next tile's exchange buffer 1: its bulk reads must be over.
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     __syncwarp();
-  });
+    if constexpr (AHEAD) tl.store_key_weights(kwr, tl.kw);
+  };
+  if constexpr (AHEAD) for_key_tiles_self_staged<N>(tl, dwb, kstart, khi, S, tile_c);
+  else for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, tile_c);
 
   __syncthreads();
 

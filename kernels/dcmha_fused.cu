@@ -368,9 +368,9 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, cons
   }
 }
 
-// The key-tile loop of a body that stages the next tile's key-side weights (both branches) into tl.kw
-// itself, at a point after the tile's last read of them and a barrier: each tile then costs one barrier.
-// The first tile's weights are staged here.
+// The key-tile loop of a body that stages the next tile's key-side weights (both branches, fp32) into
+// tl.kw itself, at a point after the tile's last read of them and a barrier: each tile then costs one
+// barrier. The first tile's weights are staged here.
 template <int N, class W, class Body>
 __device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W>& tl, const bf16* dwb, int kstart,
                                                           int khi, int S, Body&& body) {
@@ -908,14 +908,17 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   auto qk_scores = [&](float (&x)[8][4], int kb) {
     scores_global<N, D, C::QD_SMEM>(x, qb, t0, T, kb_, kb, S, tl, qds);
   };
-  auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells
-    scores_global<N, D, C::QD_SMEM>(x, dob, t0, T, vb, kb, S, tl, qds + N * kBQ * D);
+  auto dov_mask = [&](float (&x)[8][4], int kb) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const bool ok = cell_ok(kb, e);
 #pragma unroll
       for (int h = 0; h < 8; ++h) x[h][e] = ok ? x[h][e] : 0.f;
     }
+  };
+  auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells
+    scores_global<N, D, C::QD_SMEM>(x, dob, t0, T, vb, kb, S, tl, qds + N * kBQ * D);
+    dov_mask(x, kb);
   };
 
   // ---- pass 1: row statistics (or the forward's).
@@ -934,9 +937,11 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   // A: before its second Compose; pass C: at the start of the tensor-core stage), so neither load is
   // exposed at the next tile's start. The weights are stored after a barrier that follows the tile's last
   // read of them (pass C: the one before its tensor-core stage, so a tile costs one barrier at its start
-  // instead of two). Loads past the last tile are clamped and not used.
+  // instead of two). Loads past the last tile are clamped and not used. The V fragments of dO V^T (vf) are
+  // loaded early in their own tile (pass A: right after QK^T; pass C: before the P' Compose), so that
+  // their latency overlaps a Compose.
   constexpr bool AHEAD = C::QD_SMEM && C::F32W;
-  uint4 kf[8][D / 32], kwr[Tl::KWR];
+  uint4 kf[8][D / 32], vf[8][D / 32], kwr[Tl::KWR];
   auto load_ahead = [&](int kb) {
     load_key_frags<N, D>(kf, kb_, kb, S, tl);
     tl.load_key_weights(dwb, kb, S, kwr);
@@ -949,12 +954,21 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     for (int h = 0; h < 8; ++h) dacc[h][0] = dacc[h][1] = 0.f;
     auto tile_a = [&](const Tl& tk, int kb) {
       float x[8][4], y[8][4], tot[16];
-      if constexpr (AHEAD) scores_staged<N, D>(x, kf, tl, qds);
-      else qk_scores(x, kb);
+      if constexpr (AHEAD) {
+        scores_staged<N, D>(x, kf, tl, qds);
+        load_key_frags<N, D>(vf, vb, kb, S, tl);
+      } else {
+        qk_scores(x, kb);
+      }
       tk.compose(x, 0, false, tot, 0);
       probs<N>(x, tk, st, kb, cell_ok);
-      dov_scores(y, kb);
-      if constexpr (AHEAD) load_ahead(kb + kBK);
+      if constexpr (AHEAD) {
+        scores_staged<N, D>(y, vf, tl, qds + N * kBQ * D);
+        dov_mask(y, kb);
+        load_ahead(kb + kBK);
+      } else {
+        dov_scores(y, kb);
+      }
       tk.red_free();
       tk.compose(y, 1, true, tot, 1);  // dP
 #pragma unroll
@@ -1068,10 +1082,16 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e];
+    if constexpr (AHEAD) load_key_frags<N, D>(vf, vb, kb, S, tl);
     tk.red_free();
     tk.compose(y, 1, false, tpost, 1);  // P'
     stage_tile(Pp, y);
-    dov_scores(y, kb);  // dP'
+    if constexpr (AHEAD) {  // dP'
+      scores_staged<N, D>(y, vf, tl, qds + N * kBQ * D);
+      dov_mask(y, kb);
+    } else {
+      dov_scores(y, kb);
+    }
     tk.red_free();
     tk.compose(y, 1, true, te, 0, [&](const float (&er)[16]) {  // dP
       if (kws_b && !(PROF & 2)) compose_grads<N>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);

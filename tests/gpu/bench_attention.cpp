@@ -53,14 +53,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> table;
     for (const Cfg& c : std::vector<Cfg>{{8, 2048, 16, 64, 0}, {2, 2048, 32, 128, 0}, {8, 2048, 16, 64, 256},
                                         {2, 2048, 32, 128, 256}}) {
-      DcmhaShape sh;
-      sh.B = c.B;
-      sh.T = sh.S = c.T;
-      sh.N = c.N;
-      sh.D = c.D;
-      sh.window = c.W;
-      sh.compose = false;
-      sh.chunk = 128;
+      DcmhaShape sh{.B = c.B, .T = c.T, .S = c.T, .N = c.N, .D = c.D, .window = c.W, .compose = false, .chunk = 128};
       const Shape shp{c.B, c.T, c.N, c.D};
       const Device dev = Device::cuda(cuda::current_device());
       Tensor q[3], k[3], v[3], dout[3];

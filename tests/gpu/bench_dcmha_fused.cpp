@@ -43,15 +43,8 @@ int main(int argc, char** argv) {
                 "fused_b", "fused_fb", "v1_f", "v1_fb", "cudnn_f", "cudnn_fb", "fusedTF", "v1/fu_fb", "fu/cuD_fb");
     for (const Sh& c : {Sh{8, 2048, 16, 64, 0}, Sh{8, 2048, 16, 64, 256}, Sh{2, 2048, 32, 128, 0},
                         Sh{2, 2048, 32, 128, 256}, Sh{1, 8192, 16, 64, 0}}) {
-      DcmhaShape sh;
-      sh.B = c.B;
-      sh.T = sh.S = c.T;
-      sh.N = c.N;
-      sh.D = c.D;
-      sh.I = 2;
-      sh.window = c.W;
-      sh.compose = true;
-      sh.chunk = 256;
+      DcmhaShape sh{.B = c.B, .T = c.T, .S = c.T, .N = c.N, .D = c.D, .I = 2, .window = c.W, .compose = true,
+                    .chunk = 256};
       Tensor q = random_gpu({c.B, c.T, c.N, c.D}, 0.2, 5), k = random_gpu({c.B, c.T, c.N, c.D}, 1, 6),
              v = random_gpu({c.B, c.T, c.N, c.D}, 1, 7), dw = random_gpu({c.B, c.T, 4, 5, c.N}, 0.3, 8),
              dout = random_gpu({c.B, c.T, c.N, c.D}, 1, 9);
@@ -139,14 +132,7 @@ int main(int argc, char** argv) {
       // Memory: peak device bytes of one fused fwd+bwd beyond the inputs and gradients (allocated first).
       std::printf("\n%-24s %12s %12s %14s\n", "shape (causal, bf16)", "inputs MiB", "extra MiB", "extra B/token");
       for (int64_t T : {2048, 8192, 32768}) {
-        DcmhaShape sh;
-        sh.B = 1;
-        sh.T = sh.S = T;
-        sh.N = 16;
-        sh.D = 64;
-        sh.I = 2;
-        sh.compose = true;
-        sh.chunk = 256;
+        DcmhaShape sh{.B = 1, .T = T, .S = T, .N = 16, .D = 64, .I = 2, .compose = true, .chunk = 256};
         const size_t before = cuda::memory_stats().allocated_bytes;
         Tensor q = random_gpu({1, T, 16, 64}, 0.2, 5), k = random_gpu({1, T, 16, 64}, 1, 6),
                v = random_gpu({1, T, 16, 64}, 1, 7), dw = random_gpu({1, T, 4, 5, 16}, 0.3, 8),

@@ -44,15 +44,8 @@ int main(int argc, char** argv) {
     const int64_t N = 16, D = 64, I = 2, W = 2 * I + 1;
     for (int compose = 1; compose >= 0; --compose)
       for (int64_t window : {int64_t(0), int64_t(256)}) {
-        DcmhaShape sh;
-        sh.B = B;
-        sh.T = sh.S = T;
-        sh.N = N;
-        sh.D = D;
-        sh.I = I;
-        sh.window = window;
-        sh.compose = compose;
-        sh.chunk = chunk;
+        DcmhaShape sh{.B = B, .T = T, .S = T, .N = N, .D = D, .I = I, .window = window, .compose = compose != 0,
+                      .chunk = chunk};
         Tensor q = random_gpu({B, T, N, D}, DType::bf16, 0.2, 5), k = random_gpu({B, T, N, D}, DType::bf16, 1, 6),
                v = random_gpu({B, T, N, D}, DType::bf16, 1, 7), dw = random_gpu({B, T, 4, W, N}, DType::bf16, 0.3, 8),
                dout = random_gpu({B, T, N, D}, DType::bf16, 1, 9);

@@ -66,16 +66,9 @@ struct Case {
 };
 
 DcmhaShape shape_of(const Case& c) {
-  DcmhaShape sh;
-  sh.B = c.B;
-  sh.T = c.T;
-  sh.S = c.S;
-  sh.q_pos0 = c.q_pos0;
-  sh.N = c.N;
-  sh.D = c.D;
-  sh.window = c.window;
-  sh.chunk = 128;  // the v1 path's query chunk; I = 2 and compose on are the defaults
-  return sh;
+  // chunk: the v1 path's query chunk; I = 2 and compose on are the defaults
+  return DcmhaShape{.B = c.B, .T = c.T, .S = c.S, .N = c.N, .D = c.D, .q_pos0 = c.q_pos0, .window = c.window,
+                    .chunk = 128};
 }
 
 class DcmhaFused : public ::testing::TestWithParam<Case> {};

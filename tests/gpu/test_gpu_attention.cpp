@@ -147,14 +147,7 @@ TEST_F(CudnnAttention, DispatchMatchesCpuCausalAndWindow) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(case_name(c));
-    DcmhaShape sh;
-    sh.B = c.B;
-    sh.T = sh.S = c.T;
-    sh.N = c.N;
-    sh.D = c.D;
-    sh.window = c.W;
-    sh.compose = false;
-    sh.chunk = 64;
+    DcmhaShape sh{.B = c.B, .T = c.T, .S = c.T, .N = c.N, .D = c.D, .window = c.W, .compose = false, .chunk = 64};
     const int64_t n = c.B * c.T * c.N * c.D;
     const Shape shp{c.B, c.T, c.N, c.D};
     std::vector<double> q = normal(n, 1.5 / std::sqrt(double(c.D))), k = normal(n, 1.0), v = normal(n, 1.0),
@@ -211,13 +204,7 @@ TEST_F(CudnnAttention, DirectApiStatsAndOverwritingGradients) {
   for (int64_t W : {int64_t(0), int64_t(33)}) {
     const int64_t B = 2, T = 192, N = 3, D = 64;
     SCOPED_TRACE("W" + std::to_string(W));
-    DcmhaShape sh;
-    sh.B = B;
-    sh.T = sh.S = T;
-    sh.N = N;
-    sh.D = D;
-    sh.window = W;
-    sh.compose = false;
+    DcmhaShape sh{.B = B, .T = T, .S = T, .N = N, .D = D, .window = W, .compose = false};
     const int64_t n = B * T * N * D;
     const Shape shp{B, T, N, D};
     std::vector<double> q = normal(n, 1.5 / std::sqrt(double(D))), k = normal(n, 1.0), v = normal(n, 1.0),
@@ -274,12 +261,7 @@ TEST_F(CudnnAttention, DirectApiStatsAndOverwritingGradients) {
 
 // DCF_ATTN_IMPL=v1 keeps the dispatch off cuDNN; shapes outside the cuDNN set fall back by themselves.
 TEST_F(CudnnAttention, EnvAndUnsupportedShapesUseV1) {
-  DcmhaShape sh;
-  sh.B = 1;
-  sh.T = sh.S = 64;
-  sh.N = 2;
-  sh.D = 32;
-  sh.compose = false;
+  DcmhaShape sh{.B = 1, .T = 64, .S = 64, .N = 2, .D = 32, .compose = false};
   const Shape shp{1, 64, 2, 32};
   const int64_t n = 64 * 2 * 32;
   Tensor qg = make(normal(n, 0.2), shp, DType::bf16, gpu()), kg = make(normal(n, 1), shp, DType::bf16, gpu()),
@@ -311,13 +293,7 @@ TEST(CudnnAttentionGraph, BuildsWithoutADevice) {
   if (cuda::cudnn_version(&why) == 0) GTEST_SKIP() << "cuDNN not loadable: " << why;
   for (auto [B, T, N, D, W] : std::vector<std::array<int64_t, 5>>{
            {8, 2048, 16, 64, 0}, {2, 2048, 32, 128, 0}, {4, 2048, 16, 64, 256}, {3, 77, 5, 8, 9}}) {
-    DcmhaShape sh;
-    sh.B = B;
-    sh.T = sh.S = T;
-    sh.N = N;
-    sh.D = D;
-    sh.window = W;
-    sh.compose = false;
+    DcmhaShape sh{.B = B, .T = T, .S = T, .N = N, .D = D, .window = W, .compose = false};
     EXPECT_TRUE(cuda::cudnn_attention_graph_check(sh, &why)) << "B" << B << " T" << T << " N" << N << " D" << D
                                                              << " W" << W << ": " << why;
   }

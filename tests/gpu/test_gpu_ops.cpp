@@ -517,14 +517,7 @@ class GpuDcmha : public DcmhaCheck,
 
 TEST_P(GpuDcmha, ForwardBackwardMatchCpu) {
   auto [dt, compose, window, N, D, T] = GetParam();
-  DcmhaShape sh;
-  sh.B = 2;
-  sh.T = sh.S = T;
-  sh.N = N;
-  sh.D = D;
-  sh.window = window;
-  sh.compose = compose;
-  sh.chunk = 64;
+  DcmhaShape sh{.B = 2, .T = T, .S = T, .N = N, .D = D, .window = window, .compose = compose, .chunk = 64};
   check(sh, dt);
 }
 
@@ -560,17 +553,8 @@ TEST_F(DcmhaCheck, OffsetsChunksRanksAndF64) {
     SCOPED_TRACE(testing::Message() << dtype_name(c.dt) << " B" << c.B << " T" << c.T << " S" << c.S << " q_pos0"
                                     << c.q_pos0 << " N" << c.N << " D" << c.D << " I" << c.I << " W" << c.window
                                     << " chunk" << c.chunk);
-    DcmhaShape sh;
-    sh.B = c.B;
-    sh.T = c.T;
-    sh.S = c.S;
-    sh.q_pos0 = c.q_pos0;
-    sh.N = c.N;
-    sh.D = c.D;
-    sh.I = c.I;
-    sh.window = c.window;
-    sh.chunk = c.chunk;
-    sh.compose = c.compose;
+    DcmhaShape sh{.B = c.B, .T = c.T, .S = c.S, .N = c.N, .D = c.D, .I = c.I, .q_pos0 = c.q_pos0, .window = c.window,
+                  .compose = c.compose, .chunk = c.chunk};
     check(sh, c.dt);
   }
 }

@@ -189,17 +189,8 @@ class DcmhaFiniteDiff : public ::testing::TestWithParam<CoreCase> {};
 
 TEST_P(DcmhaFiniteDiff, AllInputs) {
   const CoreCase c = GetParam();
-  DcmhaShape s;
-  s.B = c.B;
-  s.T = c.T;
-  s.S = c.S;
-  s.N = c.N;
-  s.D = c.D;
-  s.I = 2;
-  s.q_pos0 = c.q_pos0;
-  s.window = c.window;
-  s.compose = c.compose;
-  s.chunk = c.chunk;
+  DcmhaShape s{.B = c.B, .T = c.T, .S = c.S, .N = c.N, .D = c.D, .I = 2, .q_pos0 = c.q_pos0, .window = c.window,
+               .compose = c.compose, .chunk = c.chunk};
   Tensor q = randn({c.B, c.T, c.N, c.D}), k = randn({c.B, c.S, c.N, c.D}), v = randn({c.B, c.S, c.N, c.D});
   // Dynamic weights of order 0.3 so that every Compose term matters.
   Tensor dw = randn({c.B, c.S, 4, 5, c.N}, 0.3);
@@ -244,12 +235,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // Chunking must not change the result.
 TEST(Dcmha, ChunkSizeInvariant) {
-  DcmhaShape s;
-  s.B = 2;
-  s.T = s.S = 23;
-  s.N = 4;
-  s.D = 8;
-  s.window = 7;
+  DcmhaShape s{.B = 2, .T = 23, .S = 23, .N = 4, .D = 8, .window = 7};
   Tensor q = randn({2, 23, 4, 8}), k = randn({2, 23, 4, 8}), v = randn({2, 23, 4, 8}), dw = randn({2, 23, 4, 5, 4}, 0.3);
   Tensor o1 = Tensor::empty(q.shape(), DType::f64), o2 = Tensor::empty(q.shape(), DType::f64);
   s.chunk = 23;

@@ -119,14 +119,7 @@ TEST_P(TpCore, MatchesSingleProcessAndMovesLinearBytes) {
   auto& c = world();
   const int P = c.size(), r = c.rank();
   const int64_t B = 2, T = 8 * P, N = 2 * P, D = 4, I = 2, W = GetParam();
-  DcmhaShape full;
-  full.B = B;
-  full.T = full.S = T;
-  full.N = N;
-  full.D = D;
-  full.I = I;
-  full.window = W;
-  full.chunk = 5;
+  DcmhaShape full{.B = B, .T = T, .S = T, .N = N, .D = D, .I = I, .window = W, .chunk = 5};
   Tensor q = seeded({B, T, N, D}, 100), k = seeded({B, T, N, D}, 101), v = seeded({B, T, N, D}, 102);
   Tensor dw = seeded({B, T, 4, 2 * I + 1, N}, 103, 0.3), dout = seeded({B, T, N, D}, 104);
   Tensor o = Tensor::empty(q.shape(), DType::f32);

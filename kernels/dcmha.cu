@@ -102,21 +102,39 @@ __device__ __forceinline__ bool tile_has_allowed(const ChunkArgs& g, int64_t i0,
 
 size_t compose_smem_bytes(int64_t WN, int cols, size_t asize) { return size_t(WN) * (cols + kRowsPerBlock) * asize; }
 
+// The tiling shared by the Compose kernels: the key-side (wks, [WN][cols]) and query-side (wqs) weights of
+// the tile, staged in dynamic shared memory where it has an allowed cell (any), batch b, this thread's
+// column j, rows [i0, i1).
+template <typename A>
+struct ComposeTile {
+  A *wks, *wqs;
+  int64_t b, j, i0, i1;
+  bool any;
+  template <typename TW>
+  __device__ ComposeTile(const ChunkArgs& g, const TW* dw, int cq, int ck) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int WN = (2 * g.I + 1) * g.N, cols = blockDim.x;
+    wks = reinterpret_cast<A*>(smem_raw);
+    wqs = wks + WN * cols;
+    b = blockIdx.z;
+    const int64_t j0 = int64_t(blockIdx.x) * cols;
+    j = j0 + threadIdx.x;
+    i0 = int64_t(blockIdx.y) * kRowsPerBlock;
+    i1 = min(g.Qc, i0 + kRowsPerBlock);
+    any = tile_has_allowed(g, i0, i1, j0);
+    if (any) stage_weights(g, dw + b * g.S * kC * WN, i0, i1, cq, ck, j0, wqs, wks);
+  }
+};
+
 // Compose (dcmha.md §1.3) of every cell of the chunk: X [B][N][cell] -> Y [B][N][cell]; masked cells
 // get 0. Grid (ceil(Sc / cols), ceil(Qc / kRowsPerBlock), B).
 template <int IM, typename TW, typename TY, typename A>
 __global__ void compose_forward_kernel(ChunkArgs g, const A* __restrict__ X, TY* __restrict__ Y,
                                        const TW* __restrict__ dw, int cq, int ck) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int N = g.N, I = g.I, WN = (2 * I + 1) * N, cols = blockDim.x;
-  A* wks = reinterpret_cast<A*>(smem_raw);
-  A* wqs = wks + WN * cols;
-  const int64_t b = blockIdx.z, j0 = int64_t(blockIdx.x) * cols, j = j0 + threadIdx.x;
-  const int64_t i0 = int64_t(blockIdx.y) * kRowsPerBlock, i1 = min(g.Qc, i0 + kRowsPerBlock);
+  const auto [wks, wqs, b, j, i0, i1, any] = ComposeTile<A>(g, dw, cq, ck);
   X += b * N * g.cell;
   Y += b * N * g.cell;
-  const bool any = tile_has_allowed(g, i0, i1, j0);
-  if (any) stage_weights(g, dw + b * g.S * kC * WN, i0, i1, cq, ck, j0, wqs, wks);
   if (j >= g.Sc) return;
   const A* wk = wks + threadIdx.x;  // wk[e * cols] is this column's weight e
   for (int64_t i = i0; i < i1; ++i) {
@@ -208,18 +226,12 @@ template <int IM, typename TW, typename TO, typename A>
 __global__ void compose_backward_kernel(ChunkArgs g, const A* __restrict__ X, const A* __restrict__ dY,
                                         TO* __restrict__ dX, A* __restrict__ H, const TW* __restrict__ dw, int cq,
                                         int ck) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int N = g.N, I = g.I, WN = (2 * I + 1) * N, cols = blockDim.x;
-  A* wks = reinterpret_cast<A*>(smem_raw);
-  A* wqs = wks + WN * cols;
-  const int64_t b = blockIdx.z, j0 = int64_t(blockIdx.x) * cols, j = j0 + threadIdx.x;
-  const int64_t i0 = int64_t(blockIdx.y) * kRowsPerBlock, i1 = min(g.Qc, i0 + kRowsPerBlock);
+  const auto [wks, wqs, b, j, i0, i1, any] = ComposeTile<A>(g, dw, cq, ck);
   X += b * N * g.cell;
   dY += b * N * g.cell;
   dX += b * N * g.cell;
   H += b * 4 * I * g.cell;
-  const bool any = tile_has_allowed(g, i0, i1, j0);
-  if (any) stage_weights(g, dw + b * g.S * kC * WN, i0, i1, cq, ck, j0, wqs, wks);
   if (j >= g.Sc) return;
   const A* wk = wks + threadIdx.x;
   for (int64_t i = i0; i < i1; ++i) {

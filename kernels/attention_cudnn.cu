@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/attention_cudnn.h"
@@ -287,25 +288,29 @@ class Builder {
   // The composite diagonal-band masks (cudnn-frontend diagonal_band_mask.h, TOP_LEFT alignment):
   // causal keeps row >= col; a left bound W keeps col + W > row. Masked scores become -inf.
   TensorDesc causal_mask(const TensorDesc& s) {
-    TensorDesc row = virt(s.layout, CUDNN_DATA_INT32), col = virt(s.layout, CUDNN_DATA_INT32);
-    pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, nullptr, row, 2);
-    pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, nullptr, col, 3);
+    const auto [row, col] = row_col(s);
     TensorDesc keep = virt(s.layout, CUDNN_DATA_BOOLEAN);
     pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, &col, nullptr, keep);
-    TensorDesc ninf = scalar(-std::numeric_limits<float>::infinity());
-    TensorDesc y = virt(s.layout);
-    pointwise(CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, &ninf, &keep, y);
-    return y;
+    return kept_or_ninf(s, keep);
   }
   TensorDesc left_bound_mask(const TensorDesc& s, int64_t window) {
-    TensorDesc row = virt(s.layout, CUDNN_DATA_INT32), col = virt(s.layout, CUDNN_DATA_INT32);
-    pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, nullptr, row, 2);
-    pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, nullptr, col, 3);
+    const auto [row, col] = row_col(s);
     TensorDesc w = scalar(float(window));
     TensorDesc colw = virt(s.layout, CUDNN_DATA_FLOAT);
     pointwise(CUDNN_POINTWISE_ADD, CUDNN_DATA_FLOAT, col, &w, nullptr, colw);
     TensorDesc keep = virt(s.layout, CUDNN_DATA_BOOLEAN);
     pointwise(CUDNN_POINTWISE_CMP_GT, CUDNN_DATA_BOOLEAN, colw, &row, nullptr, keep);
+    return kept_or_ninf(s, keep);
+  }
+  // The row (dimension 2) and column (dimension 3) indices of s's elements.
+  std::pair<TensorDesc, TensorDesc> row_col(const TensorDesc& s) {
+    TensorDesc row = virt(s.layout, CUDNN_DATA_INT32), col = virt(s.layout, CUDNN_DATA_INT32);
+    pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, nullptr, row, 2);
+    pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, nullptr, col, 3);
+    return {row, col};
+  }
+  // s where keep holds, -inf elsewhere.
+  TensorDesc kept_or_ninf(const TensorDesc& s, const TensorDesc& keep) {
     TensorDesc ninf = scalar(-std::numeric_limits<float>::infinity());
     TensorDesc y = virt(s.layout);
     pointwise(CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, &ninf, &keep, y);

@@ -282,6 +282,37 @@ __global__ void convert_kernel(const A* __restrict__ x, TO* __restrict__ y, int6
     y[idx] = Num<TO>::store(x[idx]);
 }
 
+// Partial sums of one side's weight gradients of head n (side 0: query, 1: key): d a_r = sum X * back-read
+// r, d b_r = sum read r * dY, d g = sum X * dY, over the cells added (X and dY at head n, H as written
+// by compose_backward_kernel: reads hq, hk, back-reads eq, ek). add_to adds them to the ddw row o.
+template <int IM, typename A>
+struct WeightGrads {
+  A da[IM], db[IM], dg = A(0);
+  __device__ WeightGrads() {
+#pragma unroll
+    for (int r = 0; r < IM; ++r) da[r] = db[r] = A(0);
+  }
+  __device__ void add(const ChunkArgs& g, const A* X, const A* dY, const A* H, int64_t off, int side) {
+    const int I = g.I;
+    const A x = X[off], dy = dY[off];
+    dg += x * dy;
+#pragma unroll
+    for (int r = 0; r < IM; ++r)
+      if (r < I) {
+        da[r] += x * H[((2 + side) * I + r) * g.cell + off];
+        db[r] += H[(side * I + r) * g.cell + off] * dy;
+      }
+  }
+  __device__ void add_to(const ChunkArgs& g, A* o, int64_t n) const {
+    const int N = g.N, I = g.I;
+    for (int r = 0; r < I; ++r) {
+      o[r * N + n] += da[r];
+      o[(I + r) * N + n] += db[r];
+    }
+    o[2 * I * N + n] += dg;
+  }
+};
+
 // Query-side dynamic-weight grads of one Compose (reductions over the keys of a row), added to
 // ddw[b, tpos, cq]: d a_q = sum_s X eq, d b_q = sum_s hq dY, d g_q = sum_s X dY. Grid (Qc, N, B).
 template <int IM, typename A>
@@ -294,35 +325,16 @@ __global__ void query_side_grads_kernel(ChunkArgs g, const A* __restrict__ X, co
   H += b * 4 * I * g.cell;
   int64_t jlo, jhi;
   row_range(g, i, jlo, jhi);
-  A da[IM], db[IM], dg = 0;
-#pragma unroll
-  for (int r = 0; r < IM; ++r) da[r] = db[r] = A(0);
-  for (int64_t j = jlo + threadIdx.x; j <= jhi; j += blockDim.x) {
-    const int64_t off = i * g.Sc + j;
-    A x = X[off], dy = dY[off];
-    dg += x * dy;
-#pragma unroll
-    for (int r = 0; r < IM; ++r)
-      if (r < I) {
-        da[r] += x * H[(2 * I + r) * g.cell + off];
-        db[r] += H[(0 * I + r) * g.cell + off] * dy;
-      }
-  }
-  dg = block_sum(dg);
+  WeightGrads<IM, A> s;
+  for (int64_t j = jlo + threadIdx.x; j <= jhi; j += blockDim.x) s.add(g, X, dY, H, i * g.Sc + j, 0);
+  s.dg = block_sum(s.dg);
 #pragma unroll
   for (int r = 0; r < IM; ++r)
     if (r < I) {
-      da[r] = block_sum(da[r]);
-      db[r] = block_sum(db[r]);
+      s.da[r] = block_sum(s.da[r]);
+      s.db[r] = block_sum(s.db[r]);
     }
-  if (threadIdx.x == 0) {
-    A* o = ddw + b * g.S * kC * W * N + ((g.p0 + i) * kC + cq) * W * N;
-    for (int r = 0; r < I; ++r) {
-      o[r * N + n] += da[r];
-      o[(I + r) * N + n] += db[r];
-    }
-    o[2 * I * N + n] += dg;
-  }
+  if (threadIdx.x == 0) s.add_to(g, ddw + b * g.S * kC * W * N + ((g.p0 + i) * kC + cq) * W * N, n);
 }
 
 // Key-side grads (reductions over the rows of a column), added to ddw[b, s, ck]. One thread per
@@ -339,26 +351,9 @@ __global__ void key_side_grads_kernel(ChunkArgs g, const A* __restrict__ X, cons
   int64_t ilo, ihi;
   col_range(g, j, ilo, ihi);
   if (ilo > ihi) return;
-  A da[IM], db[IM], dg = 0;
-#pragma unroll
-  for (int r = 0; r < IM; ++r) da[r] = db[r] = A(0);
-  for (int64_t i = ilo; i <= ihi; ++i) {
-    const int64_t off = i * g.Sc + j;
-    A x = X[off], dy = dY[off];
-    dg += x * dy;
-#pragma unroll
-    for (int r = 0; r < IM; ++r)
-      if (r < I) {
-        da[r] += x * H[(3 * I + r) * g.cell + off];
-        db[r] += H[(1 * I + r) * g.cell + off] * dy;
-      }
-  }
-  A* o = ddw + b * g.S * kC * W * N + ((g.lo + j) * kC + ck) * W * N;
-  for (int r = 0; r < I; ++r) {
-    o[r * N + n] += da[r];
-    o[(I + r) * N + n] += db[r];
-  }
-  o[2 * I * N + n] += dg;
+  WeightGrads<IM, A> s;
+  for (int64_t i = ilo; i <= ihi; ++i) s.add(g, X, dY, H, i * g.Sc + j, 1);
+  s.add_to(g, ddw + b * g.S * kC * W * N + ((g.lo + j) * kC + ck) * W * N, n);
 }
 
 void check_shape(const DcmhaShape& sh) {

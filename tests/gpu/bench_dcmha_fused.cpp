@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
     const bool fwd_only = argc > 2 && std::string(argv[2]) == "--fwd-only";
     const bool profile = argc > 2 && std::string(argv[2]) == "--profile";
+    const bool timing = cuda::dcmha_fused_timing_builds();  // -DDCF_KERNEL_TIMING_BUILDS=ON
     struct Sh {
       int64_t B, T, N, D, W;
     };
@@ -63,7 +64,6 @@ int main(int argc, char** argv) {
         cuda::synchronize();
         return 0;
       }
-      const bool timing = cuda::dcmha_fused_timing_builds();  // -DDCF_KERNEL_TIMING_BUILDS=ON
       setenv("DCF_DCMHA_FUSED_OCC", "1", 1);
       double fused_occ1 = timing && c.N == 16 && c.D == 64 ? time_ms(run_fused, reps) : NAN;
       unsetenv("DCF_DCMHA_FUSED_OCC");
@@ -126,8 +126,7 @@ int main(int argc, char** argv) {
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "
                 "backward reading the forward's statistics); cudnn: plain MHA (compose off); fusedTF: "
                 "matmul TFLOP/s of the fused fwd (6D per head per allowed cell); occ1_f: N16 D64 fwd at one CTA/SM%s\n",
-                cuda::dcmha_fused_timing_builds() ? "" : " (occ1_f, ablations and prefetch builds: configure with "
-                                                      "-DDCF_KERNEL_TIMING_BUILDS=ON)");
+                timing ? "" : " (occ1_f, ablations and prefetch builds: configure with -DDCF_KERNEL_TIMING_BUILDS=ON)");
     if (!fwd_only) {
       // Memory: peak device bytes of one fused fwd+bwd beyond the inputs and gradients (allocated first).
       std::printf("\n%-24s %12s %12s %14s\n", "shape (causal, bf16)", "inputs MiB", "extra MiB", "extra B/token");

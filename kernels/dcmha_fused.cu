@@ -182,41 +182,43 @@ struct Tile {
     }
   }
   // Key-side weights of keys kb .. kb + kBK - 1 into dst: branch 1 (nbr = 1) or branches 1 and 3
-  // (nbr = 2), keys past S zeroed; bf16: asynchronous (cp.async, the caller commits and waits), fp32:
-  // converted on the way (synchronous). The thread index is re-read so that the address arithmetic is
-  // not hoisted out of the key-tile loop (it would hold registers across the whole tile).
+  // (nbr = 2), keys past S zeroed; bf16: asynchronous (cp.async, the caller commits and waits; the thread
+  // index is re-read so that the address arithmetic is not hoisted out of the key-tile loop, where it
+  // would hold registers across the whole tile), fp32: converted on the way (synchronous, through
+  // load_key_weights and store_key_weights).
   __device__ void stage_key_weights(const bf16* dwb, int kb, int nbr, int S, W* dst) const {
-    int t;
-    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
-    for (int idx = t; idx < nbr * kBK * QP; idx += THREADS) {
-      const int p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
-      const int s = kb + key;
-      if constexpr (F32)
-        st8(dst + (br * kBK + key) * WS + 8 * p,
-            s < S ? ldg16(dwb + (int64_t(s) * 4 + (br ? 3 : 1)) * WN + 8 * p) : make_uint4(0, 0, 0, 0));
-      else
+    if constexpr (F32) {
+      uint4 r[KWR];
+      load_key_weights(dwb, kb, S, r, nbr);
+      store_key_weights(r, dst, nbr);
+    } else {
+      int t;
+      asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+      for (int idx = t; idx < nbr * kBK * QP; idx += THREADS) {
+        const int p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
+        const int s = kb + key;
         cp_async16(dst + (br * kBK + key) * WS + 8 * p,
                    dwb + (int64_t(min(s, S - 1)) * 4 + (br ? 3 : 1)) * WN + 8 * p, s < S);
+      }
     }
   }
-  // The fp32 staging of both key-side branches split in two, so that the loads can be issued early:
-  // load_key_weights fills this thread's pieces (KWR 16-byte loads) into registers, store_key_weights
-  // converts and stores them.
+  // The fp32 staging split in two, so that the loads can be issued early: load_key_weights fills this
+  // thread's pieces (at most KWR 16-byte loads) into registers, store_key_weights converts and stores them.
   static constexpr int KWR = (2 * kBK * QP + THREADS - 1) / THREADS;
-  __device__ void load_key_weights(const bf16* dwb, int kb, int S, uint4 (&r)[KWR]) const {
+  __device__ void load_key_weights(const bf16* dwb, int kb, int S, uint4 (&r)[KWR], int nbr = 2) const {
 #pragma unroll
     for (int i = 0; i < KWR; ++i) {
       const int idx = tid + THREADS * i, p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
       const int s = kb + key;
-      r[i] = idx < 2 * kBK * QP && s < S ? ldg16(dwb + (int64_t(s) * 4 + (br ? 3 : 1)) * WN + 8 * p)
-                                         : make_uint4(0, 0, 0, 0);
+      r[i] = idx < nbr * kBK * QP && s < S ? ldg16(dwb + (int64_t(s) * 4 + (br ? 3 : 1)) * WN + 8 * p)
+                                           : make_uint4(0, 0, 0, 0);
     }
   }
-  __device__ void store_key_weights(const uint4 (&r)[KWR], W* dst) const {
+  __device__ void store_key_weights(const uint4 (&r)[KWR], W* dst, int nbr = 2) const {
 #pragma unroll
     for (int i = 0; i < KWR; ++i) {
       const int idx = tid + THREADS * i, p = idx % QP, rr = idx / QP, key = rr % kBK, br = rr / kBK;
-      if (idx < 2 * kBK * QP) st8(dst + (br * kBK + key) * WS + 8 * p, r[i]);
+      if (idx < nbr * kBK * QP) st8(dst + (br * kBK + key) * WS + 8 * p, r[i]);
     }
   }
   __device__ float* red_buf(int rb) const { return rb ? red2 : red; }
@@ -390,36 +392,25 @@ __device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W>& tl, 
 __device__ __forceinline__ int qd_swz(int r) { return ((r & 1) << 2) | ((r >> 1) & 3); }
 
 // Scores of this warp's 8 heads for key tile kb: x[h] = A_rows[h] . B_keys[h]^T, with the B rows
-// (key-side: k or v, [keys][N][D] at the batch element) loaded straight from global memory (clamped to
-// S - 1) and the A rows (query-side: q or dO) either the same way (rows clamped to R - 1 of the
-// [rows][N][D] tensor at A) or, with STAGED, from the staged block As (see qd_swz). The contraction index
-// d is permuted identically on both sides (8 consecutive d per 16-byte load).
-template <int N, int D, bool STAGED = false, class W>
+// (key-side: k or v, [keys][N][D] at the batch element, clamped to S - 1) and the A rows (query-side: q or
+// dO, rows clamped to R - 1 of the [rows][N][D] tensor at A) loaded straight from global memory. The
+// contraction index d is permuted identically on both sides (8 consecutive d per 16-byte load). Where the
+// A rows are staged in shared memory, load_key_frags + scores_staged below do the same.
+template <int N, int D, class W>
 __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, int r0, int R, const bf16* B, int kb,
-                                              int S, const Tile<N, W>& tl, const uint16_t* As = nullptr) {
+                                              int S, const Tile<N, W>& tl) {
   constexpr int NC = D / 32;
   const int ra = min(r0 + tl.g, R - 1), rb = min(r0 + tl.g + 8, R - 1);
   const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
   const bf16* pa = A + (int64_t(ra) * N + 8 * tl.hw) * D + 8 * tl.c;
   const bf16* pb = A + (int64_t(rb) * N + 8 * tl.hw) * D + 8 * tl.c;
-  const uint16_t* ps = As + (8 * tl.hw * kBQ + tl.g) * D;
-  const int sw = qd_swz(tl.g);
   const bf16* pk = B + (int64_t(key) * N + 8 * tl.hw) * D + 8 * tl.c;
 #pragma unroll
   for (int h = 0; h < 8; ++h) {
     x[h][0] = x[h][1] = x[h][2] = x[h][3] = 0.f;
 #pragma unroll
     for (int j = 0; j < NC; ++j) {
-      const uint4 kk = ldg16(pk + h * D + 32 * j);
-      uint4 qa, qb;
-      if constexpr (STAGED) {
-        const uint16_t* pr = ps + h * kBQ * D + 8 * ((4 * j + tl.c) ^ sw);
-        qa = lds16(pr);
-        qb = lds16(pr + 8 * D);
-      } else {
-        qa = ldg16(pa + h * D + 32 * j);
-        qb = ldg16(pb + h * D + 32 * j);
-      }
+      const uint4 kk = ldg16(pk + h * D + 32 * j), qa = ldg16(pa + h * D + 32 * j), qb = ldg16(pb + h * D + 32 * j);
       mma_bf16(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
       mma_bf16(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
     }
@@ -427,7 +418,7 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
 }
 
 // The B fragments of scores_global (key rows of k or v for this warp's 8 heads), loaded ahead of use, and
-// the scores from them.
+// the scores from them with the A rows from the staged block As (see qd_swz).
 template <int N, int D, class W>
 __device__ __forceinline__ void load_key_frags(uint4 (&kf)[8][D / 32], const bf16* B, int kb, int S,
                                                const Tile<N, W>& tl) {
@@ -730,14 +721,15 @@ struct BwdArgs {
 
 template <int N, int D, bool PF>
 struct BwdCfg {
-  // N16 D64 without the prefetch buffer stages the dynamic weights as fp32 (the other builds keep bf16:
-  // their shared memory is taken, or cp.async prefetches them).
-  static constexpr bool F32W = N == 16 && D == 64 && !PF;
-  // N16 D64 without the prefetch buffer: the CTA's Q and dO rows (2 x 16 rows x N x D bf16, 64 KiB) are
-  // staged in shared memory once (swizzled, see qd_swz) and feed the score matmuls (QK^T, dO V^T: A
-  // operands shared by the 4 key-warps) and the dK/dV matmuls of every key tile, instead of being
-  // re-read from L2 five times per tile.
+  // N16 D64 without the prefetch buffer (that shape's default build) has the shared memory for two
+  // stagings the other builds cannot afford (their shared memory is taken, or cp.async prefetches the
+  // weights into a second buffer), and the kernel's AHEAD loads rely on both:
+  // - QD_SMEM: the CTA's Q and dO rows (2 x 16 rows x N x D bf16, 64 KiB) are staged once (swizzled, see
+  //   qd_swz) and feed the score matmuls (QK^T, dO V^T: A operands shared by the 4 key-warps) and the
+  //   dK/dV matmuls of every key tile, instead of being re-read from L2 five times per tile;
+  // - F32W: the dynamic weights are staged as fp32 (the others keep bf16).
   static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
+  static constexpr bool F32W = QD_SMEM;
   using WT = std::conditional_t<F32W, float, uint16_t>;
   using Tl = Tile<N, WT>;
   static constexpr int NW = Tl::NW, WS = Tl::WS;
@@ -906,7 +898,13 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     return rowok[e >> 1] && allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W);
   };
   auto qk_scores = [&](float (&x)[8][4], int kb) {
-    scores_global<N, D, C::QD_SMEM>(x, qb, t0, T, kb_, kb, S, tl, qds);
+    if constexpr (C::QD_SMEM) {
+      uint4 kfr[8][D / 32];
+      load_key_frags<N, D>(kfr, kb_, kb, S, tl);
+      scores_staged<N, D>(x, kfr, tl, qds);
+    } else {
+      scores_global<N, D>(x, qb, t0, T, kb_, kb, S, tl);
+    }
   };
   auto dov_mask = [&](float (&x)[8][4], int kb) {
 #pragma unroll
@@ -916,8 +914,8 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
       for (int h = 0; h < 8; ++h) x[h][e] = ok ? x[h][e] : 0.f;
     }
   };
-  auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells
-    scores_global<N, D, C::QD_SMEM>(x, dob, t0, T, vb, kb, S, tl, qds + N * kBQ * D);
+  auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells (without AHEAD)
+    scores_global<N, D>(x, dob, t0, T, vb, kb, S, tl);
     dov_mask(x, kb);
   };
 
@@ -940,7 +938,8 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   // instead of two). Loads past the last tile are clamped and not used. The V fragments of dO V^T (vf) are
   // loaded early in their own tile (pass A: right after QK^T; pass C: before the P' Compose), so that
   // their latency overlaps a Compose.
-  constexpr bool AHEAD = C::QD_SMEM && C::F32W;
+  constexpr bool AHEAD = C::QD_SMEM;
+  static_assert(!AHEAD || C::F32W, "the loads ahead stage the key-side weights as fp32");
   uint4 kf[8][D / 32], vf[8][D / 32], kwr[Tl::KWR];
   auto load_ahead = [&](int kb) {
     load_key_frags<N, D>(kf, kb_, kb, S, tl);
@@ -1180,10 +1179,10 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
           uint32_t af[4];
+          ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
           if constexpr (C::QD_SMEM) {
             const bf16* ka = kb_ + (int64_t(min(kb + 16 * kk + g, S - 1)) * N + n) * D + cb + 8 * c;
             const bf16* kc = kb_ + (int64_t(min(kb + 16 * kk + 8 + g, S - 1)) * N + n) * D + cb + 8 * c;
-            ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
 #pragma unroll
             for (int j = 0; j < CB / 32; ++j) {
               const uint4 va = ldg16(ka + 32 * j), vc = ldg16(kc + 32 * j);
@@ -1194,7 +1193,6 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
             }
           } else {
             stage_b(kb_, kb + 16 * kk, S, n, cb);
-            ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
             mma_block(acc, af, false, sbad);
           }
         }

@@ -2,6 +2,7 @@
 // clipping, non-finite skip, AdamW (whole flat buffer, or this rank's ZeRO-1 shard + all-gather).
 #include "runtime/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -137,6 +138,15 @@ Trainer::Trainer(const dcformer::Config& cfg, ProcessGrid& grid) : cfg_(cfg), gr
     b = std::min(b, zero_begin_ + zero_count_);
     if (a < b) norm_ranges_.push_back({a, b});
   }
+  // Adjacent ranges merged: each range is one reduction and one host synchronisation per step (hundreds
+  // of parameters; with tp = 1 and no ZeRO-1 they merge into one range).
+  std::sort(norm_ranges_.begin(), norm_ranges_.end());
+  std::vector<std::pair<int64_t, int64_t>> merged;
+  for (auto r : norm_ranges_) {
+    if (!merged.empty() && merged.back().second == r.first) merged.back().second = r.second;
+    else merged.push_back(r);
+  }
+  norm_ranges_ = std::move(merged);
 }
 
 Trainer::~Trainer() = default;

@@ -126,18 +126,23 @@ void chunk_forward(const DcmhaShape& sh, int64_t b, const ChunkGeom& g, const T*
             N * D, T(0), A + n * cell, Sc);
   T hbuf[64];
   const T* dwb = sh.compose ? dw + b * sh.S * kC * W * N : nullptr;
-  for (int64_t i = 0; i < Qc; ++i) {
-    int64_t tpos = g.p0 + i;
-    for (int64_t j = 0; j < Sc; ++j) {
-      int64_t s = g.lo + j;
-      int64_t off = i * Sc + j;
-      if (!allowed(tpos, s, sh.window)) continue;
-      if (sh.compose)
-        compose_cell(A + off, cell, Z + off, cell, N, I, dwb + (tpos * kC + 0) * W * N, dwb + (s * kC + 1) * W * N, hbuf);
-      else
-        for (int64_t n = 0; n < N; ++n) Z[n * cell + off] = A[n * cell + off];
+  // Y = Compose(X) on every allowed cell, with the query-side weights of branch qbr and the key-side ones
+  // of branch qbr + 1 (pre: 0, 1; post: 2, 3); a copy where Compose is off.
+  auto compose_cells = [&](const T* X, T* Y, int64_t qbr) {
+    for (int64_t i = 0; i < Qc; ++i) {
+      const int64_t tpos = g.p0 + i;
+      for (int64_t j = 0; j < Sc; ++j) {
+        const int64_t s = g.lo + j, off = i * Sc + j;
+        if (!allowed(tpos, s, sh.window)) continue;
+        if (sh.compose)
+          compose_cell(X + off, cell, Y + off, cell, N, I, dwb + (tpos * kC + qbr) * W * N,
+                       dwb + (s * kC + qbr + 1) * W * N, hbuf);
+        else
+          for (int64_t n = 0; n < N; ++n) Y[n * cell + off] = X[n * cell + off];
+      }
     }
-  }
+  };
+  compose_cells(A, Z, 0);
   // Softmax per head and row over allowed keys; masked cells get exactly 0.
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < Qc; ++i) {
@@ -158,20 +163,7 @@ void chunk_forward(const DcmhaShape& sh, int64_t b, const ChunkGeom& g, const T*
       T inv = T(1) / sum;
       for (int64_t j = 0; j < Sc; ++j) z[j] *= inv;
     }
-  T* P2 = buf.P2.data();
-  for (int64_t i = 0; i < Qc; ++i) {
-    int64_t tpos = g.p0 + i;
-    for (int64_t j = 0; j < Sc; ++j) {
-      int64_t s = g.lo + j;
-      int64_t off = i * Sc + j;
-      if (!allowed(tpos, s, sh.window)) continue;
-      if (sh.compose)
-        compose_cell(Z + off, cell, P2 + off, cell, N, I, dwb + (tpos * kC + 2) * W * N, dwb + (s * kC + 3) * W * N,
-                     hbuf);
-      else
-        for (int64_t n = 0; n < N; ++n) P2[n * cell + off] = Z[n * cell + off];
-    }
-  }
+  compose_cells(Z, buf.P2.data(), 2);
 }
 
 void check_shape(const DcmhaShape& sh) {
@@ -223,20 +215,25 @@ void dcmha_backward(const DcmhaShape& sh, const T* q, const T* k, const T* v, co
         gemm<T>(true, false, Sc, D, Qc, T(1), buf.P2.data() + n * cell, Sc, dOn, N * D, T(1),
                 dv + ((b * sh.S + g.lo) * N + n) * D, N * D);
       }
-      // Post-Compose backward (X = P, dY = dP') -> dP and the post dynamic-weight grads.
-      for (int64_t i = 0; i < Qc; ++i) {
-        int64_t tpos = g.p0 + i;
-        for (int64_t j = 0; j < Sc; ++j) {
-          int64_t s = g.lo + j, off = i * Sc + j;
-          if (!allowed(tpos, s, sh.window)) continue;
-          if (sh.compose)
-            compose_cell_backward(buf.P.data() + off, cell, dP2.data() + off, cell, dP.data() + off, cell, N, I,
-                                  dwb + (tpos * kC + 2) * W * N, dwb + (s * kC + 3) * W * N,
-                                  ddwb + (tpos * kC + 2) * W * N, ddwb + (s * kC + 3) * W * N, hbuf);
-          else
-            for (int64_t n = 0; n < N; ++n) dP[n * cell + off] = dP2[n * cell + off];
+      // dX of one Compose (input X, output gradient dY; query-side weights of branch qbr, key-side ones of
+      // qbr + 1) on every allowed cell, its dynamic-weight gradients added to ddw; a copy where Compose is off.
+      auto compose_cells_backward = [&](const T* X, const T* dY, T* dX, int64_t qbr) {
+        for (int64_t i = 0; i < Qc; ++i) {
+          const int64_t tpos = g.p0 + i;
+          for (int64_t j = 0; j < Sc; ++j) {
+            const int64_t s = g.lo + j, off = i * Sc + j;
+            if (!allowed(tpos, s, sh.window)) continue;
+            if (sh.compose)
+              compose_cell_backward(X + off, cell, dY + off, cell, dX + off, cell, N, I,
+                                    dwb + (tpos * kC + qbr) * W * N, dwb + (s * kC + qbr + 1) * W * N,
+                                    ddwb + (tpos * kC + qbr) * W * N, ddwb + (s * kC + qbr + 1) * W * N, hbuf);
+            else
+              for (int64_t n = 0; n < N; ++n) dX[n * cell + off] = dY[n * cell + off];
+          }
         }
-      }
+      };
+      // Post-Compose backward (X = P, dY = dP') -> dP and the post dynamic-weight grads.
+      compose_cells_backward(buf.P.data(), dP2.data(), dP.data(), 2);
       // Softmax backward with its own per-head Delta (dcmha.md §3.2): dZ = P (dP - sum_s P dP).
       T* dZ = dP2.data();  // reuse
       for (int64_t n = 0; n < N; ++n)
@@ -249,19 +246,7 @@ void dcmha_backward(const DcmhaShape& sh, const T* q, const T* k, const T* v, co
           for (int64_t j = 0; j < Sc; ++j) dz[j] = p[j] * (dp[j] - delta);
         }
       // Pre-Compose backward (X = A, dY = dZ) -> dA and the pre dynamic-weight grads.
-      for (int64_t i = 0; i < Qc; ++i) {
-        int64_t tpos = g.p0 + i;
-        for (int64_t j = 0; j < Sc; ++j) {
-          int64_t s = g.lo + j, off = i * Sc + j;
-          if (!allowed(tpos, s, sh.window)) continue;
-          if (sh.compose)
-            compose_cell_backward(buf.A.data() + off, cell, dZ + off, cell, dA.data() + off, cell, N, I,
-                                  dwb + (tpos * kC + 0) * W * N, dwb + (s * kC + 1) * W * N,
-                                  ddwb + (tpos * kC + 0) * W * N, ddwb + (s * kC + 1) * W * N, hbuf);
-          else
-            for (int64_t n = 0; n < N; ++n) dA[n * cell + off] = dZ[n * cell + off];
-        }
-      }
+      compose_cells_backward(buf.A.data(), dZ, dA.data(), 0);
       for (int64_t n = 0; n < N; ++n) {
         gemm<T>(false, false, Qc, D, Sc, T(1), dA.data() + n * cell, Sc, k + ((b * sh.S + g.lo) * N + n) * D, N * D,
                 T(1), dq + ((b * sh.T + g.c0) * N + n) * D, N * D);

@@ -101,6 +101,18 @@ inline void compose_cell_backward(const T* X, int64_t xs, const T* dY, int64_t d
   }
 }
 
+// fn(tpos, s, off) for every allowed cell of a chunk: query position tpos, key s, offset off in a head's
+// [Qc][Sc] block.
+template <class Fn>
+void for_allowed_cells(const DcmhaShape& sh, const ChunkGeom& g, Fn&& fn) {
+  const int64_t Qc = g.Qc(), Sc = g.Sc();
+  for (int64_t i = 0; i < Qc; ++i) {
+    const int64_t tpos = g.p0 + i;
+    for (int64_t j = 0; j < Sc; ++j)
+      if (allowed(tpos, g.lo + j, sh.window)) fn(tpos, g.lo + j, i * Sc + j);
+  }
+}
+
 // Scratch for one chunk; all score buffers are [N][Qc][Sc].
 template <typename T>
 struct ChunkBuffers {
@@ -129,18 +141,13 @@ void chunk_forward(const DcmhaShape& sh, int64_t b, const ChunkGeom& g, const T*
   // Y = Compose(X) on every allowed cell, with the query-side weights of branch qbr and the key-side ones
   // of branch qbr + 1 (pre: 0, 1; post: 2, 3); a copy where Compose is off.
   auto compose_cells = [&](const T* X, T* Y, int64_t qbr) {
-    for (int64_t i = 0; i < Qc; ++i) {
-      const int64_t tpos = g.p0 + i;
-      for (int64_t j = 0; j < Sc; ++j) {
-        const int64_t s = g.lo + j, off = i * Sc + j;
-        if (!allowed(tpos, s, sh.window)) continue;
-        if (sh.compose)
-          compose_cell(X + off, cell, Y + off, cell, N, I, dwb + (tpos * kC + qbr) * W * N,
-                       dwb + (s * kC + qbr + 1) * W * N, hbuf);
-        else
-          for (int64_t n = 0; n < N; ++n) Y[n * cell + off] = X[n * cell + off];
-      }
-    }
+    for_allowed_cells(sh, g, [&](int64_t tpos, int64_t s, int64_t off) {
+      if (sh.compose)
+        compose_cell(X + off, cell, Y + off, cell, N, I, dwb + (tpos * kC + qbr) * W * N,
+                     dwb + (s * kC + qbr + 1) * W * N, hbuf);
+      else
+        for (int64_t n = 0; n < N; ++n) Y[n * cell + off] = X[n * cell + off];
+    });
   };
   compose_cells(A, Z, 0);
   // Softmax per head and row over allowed keys; masked cells get exactly 0.
@@ -218,19 +225,14 @@ void dcmha_backward(const DcmhaShape& sh, const T* q, const T* k, const T* v, co
       // dX of one Compose (input X, output gradient dY; query-side weights of branch qbr, key-side ones of
       // qbr + 1) on every allowed cell, its dynamic-weight gradients added to ddw; a copy where Compose is off.
       auto compose_cells_backward = [&](const T* X, const T* dY, T* dX, int64_t qbr) {
-        for (int64_t i = 0; i < Qc; ++i) {
-          const int64_t tpos = g.p0 + i;
-          for (int64_t j = 0; j < Sc; ++j) {
-            const int64_t s = g.lo + j, off = i * Sc + j;
-            if (!allowed(tpos, s, sh.window)) continue;
-            if (sh.compose)
-              compose_cell_backward(X + off, cell, dY + off, cell, dX + off, cell, N, I,
-                                    dwb + (tpos * kC + qbr) * W * N, dwb + (s * kC + qbr + 1) * W * N,
-                                    ddwb + (tpos * kC + qbr) * W * N, ddwb + (s * kC + qbr + 1) * W * N, hbuf);
-            else
-              for (int64_t n = 0; n < N; ++n) dX[n * cell + off] = dY[n * cell + off];
-          }
-        }
+        for_allowed_cells(sh, g, [&](int64_t tpos, int64_t s, int64_t off) {
+          if (sh.compose)
+            compose_cell_backward(X + off, cell, dY + off, cell, dX + off, cell, N, I,
+                                  dwb + (tpos * kC + qbr) * W * N, dwb + (s * kC + qbr + 1) * W * N,
+                                  ddwb + (tpos * kC + qbr) * W * N, ddwb + (s * kC + qbr + 1) * W * N, hbuf);
+          else
+            for (int64_t n = 0; n < N; ++n) dX[n * cell + off] = dY[n * cell + off];
+        });
       };
       // Post-Compose backward (X = P, dY = dP') -> dP and the post dynamic-weight grads.
       compose_cells_backward(buf.P.data(), dP2.data(), dP.data(), 2);

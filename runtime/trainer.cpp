@@ -182,6 +182,17 @@ void Trainer::fill_micro_batch(MicroBatch& mb, int mb_index) {
   }
 }
 
+// Phases end by waiting for the device work they queued, so that on a GPU the phase times (and the step
+// time) are device time: kernels run asynchronously, and without the wait a phase's unfinished work is
+// counted in whichever later phase first reads a result (the backward's tail in the gradient norm, the
+// update in the next step's loss). With one micro-batch the waits cost nothing (the loss and the norm
+// read wait anyway); with several, the host queues the next micro-batch after the previous one has run.
+void Trainer::wait_device() {
+#ifdef DCF_WITH_CUDA
+  if (device_.is_cuda()) cuda::synchronize();
+#endif
+}
+
 Tensor& Trainer::grads32() { return grads32_.defined() ? grads32_ : model_->flat_grads(); }
 
 void Trainer::sync_gradients() {
@@ -269,6 +280,7 @@ StepResult Trainer::step() {
     data_s += seconds_since(td);
     const double tp0 = tp_s(), tf = seconds_since(t0);
     model_->forward(mbs[size_t(i)], x_in.defined() ? &x_in : nullptr);
+    wait_device();
     fwd_s += seconds_since(t0) - tf - (tp_s() - tp0);
     return mbs[size_t(i)].x_out;
   };
@@ -276,6 +288,7 @@ StepResult Trainer::step() {
     Tensor dx;
     const double tp0 = tp_s(), tb = seconds_since(t0);
     model_->backward(mbs[size_t(i)], dy.defined() ? &dy : nullptr, grid_.first_stage() ? nullptr : &dx, loss_scale);
+    wait_device();
     bwd_s += seconds_since(t0) - tb - (tp_s() - tp0);
     return dx;
   };
@@ -298,6 +311,7 @@ StepResult Trainer::step() {
   r.loss = loss.data<double>()[0] * loss_scale;
   auto tc = Clock::now();
   sync_gradients();
+  wait_device();
   r.dp_comm_s = seconds_since(tc);
   auto to = Clock::now();
   r.grad_norm = global_grad_norm();
@@ -312,6 +326,7 @@ StepResult Trainer::step() {
     const double clip = cfg_.optimizer().grad_clip();
     optimizer_step(r.lr, (clip > 0 && r.grad_norm > clip) ? clip / r.grad_norm : 1.0);
   }
+  wait_device();
   r.optimizer_s = seconds_since(to);
   r.step_time_s = seconds_since(t0);
   r.tokens_per_s = double(cfg_.run().global_batch()) * double(T) / r.step_time_s;

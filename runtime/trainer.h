@@ -70,6 +70,7 @@ class Trainer {
   void fill_micro_batch(MicroBatch& mb, int mb_index);
   void sync_gradients();
   double global_grad_norm();
+  void wait_device();  // on a GPU: until the work queued so far has run
   void optimizer_step(double lr, double clip_scale);
 
   dcformer::Config cfg_;

@@ -149,10 +149,9 @@ int64_t DcformerModel::param_offset(const Param& p) const {
 }
 
 DcmhaShape DcformerModel::core_shape(const LayerRefs& L, int64_t B) const {
-  DcmhaShape s{.B = B, .T = spec_.seq_len, .S = spec_.seq_len, .N = local_heads(), .D = spec_.head_dim,
-               .I = spec_.dyn_rank, .window = spec_.window_of(L.index), .compose = spec_.compose,
-               .chunk = spec_.query_chunk};
-  return s;
+  return DcmhaShape{.B = B, .T = spec_.seq_len, .S = spec_.seq_len, .N = local_heads(), .D = spec_.head_dim,
+                    .I = spec_.dyn_rank, .window = spec_.window_of(L.index), .compose = spec_.compose,
+                    .chunk = spec_.query_chunk};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -332,6 +332,11 @@ __device__ __forceinline__ bool allowed(int tpos, int s, int window) {
   return s <= tpos && (window == 0 || tpos - s < window);
 }
 
+// A barrier over every thread of the CTA's thread-block cluster, ordering their shared::cluster accesses.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
 // The key-tile loop of every pass: key tiles kstart .. khi (step kBK), each with its key-side weights
 // (nbr branches) staged, body(tile view, kb) called with them. With a second weight buffer (kw2 != null)
 // the next tile's weights are fetched (cp.async) while the current one is processed and each tile costs
@@ -373,14 +378,17 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, cons
 // The key-tile loop of a body that stages the next tile's key-side weights (both branches, fp32) into
 // tl.kw itself, at a point after the tile's last read of them and a barrier: each tile then costs one
 // barrier. The first tile's weights are staged here.
-template <int N, class W, class Body>
+// CLU (the backward's 2-CTA cluster build): the barrier that starts a tile spans the cluster, so that no
+// CTA writes the next tile's operands into its peer's shared memory before the peer is done with this one.
+template <int N, bool CLU = false, class W, class Body>
 __device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W>& tl, const bf16* dwb, int kstart,
                                                           int khi, int S, Body&& body) {
   static_assert(Tile<N, W>::F32, "synchronous staging");
   __syncthreads();  // every thread done with the previous loop's weights
   tl.stage_key_weights(dwb, kstart, 2, S, tl.kw);
   for (int kb = kstart; kb <= khi; kb += kBK) {
-    __syncthreads();  // this tile's weights visible
+    if constexpr (CLU) cluster_sync();
+    else __syncthreads();  // this tile's weights visible
     body(tl, kb);
   }
 }
@@ -709,6 +717,13 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 //      bf16). dK and dV are added to fp32 workspaces by bulk asynchronous reductions
 //      (cp.reduce.async.bulk, one per row) from double-buffered output blocks, and dQ likewise. At N16 D64
 //      the CTA's Q and dO rows are staged in shared memory once and feed every tile's matmuls.
+// At N16 D64 (CL2) the CTAs run in clusters of two over 32 consecutive query rows, so that each key tile's
+// dK and dV leave the SM summed over 32 rows instead of 16 (the reductions are L2-throughput bound): per
+// tile, the rank-0 CTA computes the pair's dK = dA^T Q and the rank-1 CTA the pair's dV = P'^T dO, each
+// from a 32-row P' or dA block in its own shared memory that both CTAs fill (the peer's half through
+// distributed shared memory stores) and from both CTAs' Q or dO rows (the peer's staged once at the start);
+// dQ stays per CTA. Pass C's two barriers per tile are cluster barriers, and both CTAs walk the union of
+// their key tiles. Each CTA issues 3 instead of 5 bulk reductions per head and tile.
 // No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
 
 struct BwdArgs {
@@ -719,7 +734,10 @@ struct BwdArgs {
   int T, S, q_pos0, window;
 };
 
-template <int N, int D, bool PF>
+// CL2: the 2-CTA cluster build (N16 D64, see above). Its P'/dA region is one [N][2 kBQ][PS] block (the
+// pair's dA on rank 0, the pair's P' on rank 1: the size of the one-CTA build's two [N][kBQ][PS] blocks),
+// and its output blocks are single (its shared memory holds a third staged Q/dO block instead).
+template <int N, int D, bool PF, bool CL2 = false>
 struct BwdCfg {
   // N16 D64 without the prefetch buffer (that shape's default build) has the shared memory for two
   // stagings the other builds cannot afford (their shared memory is taken, or cp.async prefetches the
@@ -751,7 +769,9 @@ struct BwdCfg {
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
   static constexpr int OFF_KW2 = OFF_KW + KW_BYTES;  // second key-weight buffer (prefetch), PF only
   static constexpr int OFF_RED = OFF_KW2 + (PF ? KW_BYTES : 0);
-  static constexpr int QD_BYTES = QD_SMEM ? 2 * N * kBQ * D * 2 : 0;
+  // CL2 (clusters of two CTAs, see the kernel): a third block, the peer CTA's Q or dO rows.
+  static_assert(!CL2 || QD_SMEM, "the cluster build is N16 D64's (it stages Q and dO)");
+  static constexpr int QD_BYTES = QD_SMEM ? (CL2 ? 3 : 2) * N * kBQ * D * 2 : 0;
   static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
   static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
   static constexpr int ST_BYTES = N * kBQ * 12;
@@ -763,7 +783,7 @@ struct BwdCfg {
   // tensor-core stage are separated by barriers, and the stage's bulk reads finish before the tile ends.
   static_assert(NW * SCR_WARP >= Tl::RED_BYTES, "red2 alias");
   static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
-  static constexpr int OFF_QD = OFF_ST + ST_BYTES;  // [2][N][kBQ][D]: Q, dO (QD_SMEM)
+  static constexpr int OFF_QD = OFF_ST + ST_BYTES;  // [2 or 3][N][kBQ][D]: Q, dO (CL2: then the peer's Q or dO)
   static constexpr int SMEM = OFF_QD + QD_BYTES;
   static_assert(SMEM <= 227 * 1024, "backward shared memory");
   static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0 && OFF_QD % 128 == 0,
@@ -845,9 +865,9 @@ __device__ __forceinline__ void compose_grads(const Tile<N, W>& tl, const float 
 }
 
 // PF: the key-side weights of the next tile are prefetched (cp.async) into a second buffer.
-template <int N, int D, int PROF, bool PF>
+template <int N, int D, int PROF, bool PF, bool CL2 = false>
 __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
-  using C = BwdCfg<N, D, PF>;
+  using C = BwdCfg<N, D, PF, CL2>;
   constexpr int THREADS = Tile<N>::THREADS, NW = Tile<N>::NW, PS = C::PS;
   constexpr int64_t WN = Tile<N>::WN;
   static_assert(N / NW == 2, "two heads per warp in the tensor-core stage");
@@ -868,6 +888,15 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   const int b = blockIdx.y;
   const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
   const int T = a.T, S = a.S, W = a.window;
+  // CL2: the two CTAs of a cluster hold the query rows [pb, pb + 32): cluster rank 1 the first 16, rank 0
+  // (blockIdx.x one lower) the next 16 (none if they start past T: the grid is rounded up to even). The
+  // rank-0 CTA computes the pair's dK, the rank-1 CTA its dV, each contracting over all 32 rows (see pass C).
+  uint32_t crank = 0;
+  if constexpr (CL2) asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(crank));
+  const bool role_k = crank == 0;
+  const int pb = crank == 0 && CL2 ? t0 - kBQ : t0;  // the pair's first row
+  const int roff = t0 - pb;                           // this CTA's rows in the pair: [roff, roff + 16)
+  const int peer_t0 = CL2 ? pb + kBQ - roff : t0;
   const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
   const bf16* qb = a.q + int64_t(b) * T * N * D;
   const bf16* dob = a.dout + int64_t(b) * T * N * D;
@@ -876,14 +905,16 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   float* kws_b = a.kws ? a.kws + int64_t(b) * S * 2 * 5 * N : nullptr;
 
   tl.stage_query_weights(dwb, a.q_pos0, t0, T);
-  uint16_t* qds = reinterpret_cast<uint16_t*>(smem + C::OFF_QD);  // QD_SMEM: [2][N][kBQ][D] Q, dO
+  uint16_t* qds = reinterpret_cast<uint16_t*>(smem + C::OFF_QD);  // QD_SMEM: [2 or 3][N][kBQ][D] (BwdCfg)
   if constexpr (C::QD_SMEM) {  // rows past T zeroed; visible after the first key-tile loop's barrier
     constexpr int CH = D / 8;
-    for (int idx = tid; idx < 2 * N * kBQ * CH; idx += THREADS) {
+    // Blocks: this CTA's Q, its dO and (CL2) the peer CTA's Q (rank 0, for dK) or dO (rank 1, for dV).
+    for (int idx = tid; idx < (CL2 ? 3 : 2) * N * kBQ * CH; idx += THREADS) {
       const int ch = idx % CH, row = (idx / CH) % kBQ, n = (idx / (CH * kBQ)) % N, which = idx / (CH * kBQ * N);
-      const int t = min(t0 + row, T - 1);
+      const int r0 = which == 2 ? peer_t0 : t0, t = min(r0 + row, T - 1);
+      const bf16* src = which == 1 || (which == 2 && !role_k) ? dob : qb;
       cp_async16(qds + ((which * N + n) * kBQ + row) * D + 8 * (ch ^ qd_swz(row)),
-                 (which ? dob : qb) + (int64_t(t) * N + n) * D + 8 * ch, t0 + row < T);
+                 src + (int64_t(t) * N + n) * D + 8 * ch, r0 + row < T);
     }
     cp_async_commit();
     cp_async_wait_all();
@@ -892,8 +923,16 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   const int tp[2] = {a.q_pos0 + min(t0 + g, T - 1), a.q_pos0 + min(t0 + g + 8, T - 1)};
   const int pfirst = a.q_pos0 + t0, plast = a.q_pos0 + min(t0 + kBQ - 1, T - 1);
   const int klo = W ? max(0, pfirst - W + 1) : 0;
-  const int khi = min(S - 1, plast);
   const int kstart = klo & ~(kBK - 1);
+  const int khi = t0 < T ? min(S - 1, plast) : kstart - kBK;  // no rows (CL2's padding CTA): no tiles
+  // Pass C's key tiles: CL2 walks the pair's (both CTAs meet at every tile's cluster barriers); a tile
+  // outside this CTA's own range is all masked (its P' and dA are 0).
+  int kstart_c = kstart, khi_c = khi;
+  if constexpr (CL2) {
+    const int f2 = a.q_pos0 + pb, l2 = a.q_pos0 + min(pb + 2 * kBQ - 1, T - 1);
+    kstart_c = (W ? max(0, f2 - W + 1) : 0) & ~(kBK - 1);
+    khi_c = min(S - 1, l2);
+  }
   auto cell_ok = [&](int kb, int e) {
     return rowok[e >> 1] && allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W);
   };
@@ -1063,8 +1102,37 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
         *reinterpret_cast<uint32_t*>(dst + ((8 * hw + h) * kBQ + g + 8 * ri) * PS + 8 * kwp + 2 * c) =
             pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
   };
+  // CL2: P' or dA into the pair's [N][32][PS] block at base, a shared::cluster address (this CTA's
+  // own shared::cta addresses are valid ones; the peer's come from mapa), this CTA's rows at roff. Stores
+  // to the peer are posted; the cluster barrier before the tensor-core stage orders them.
+  auto stage_pair = [&](uint32_t base, const float (&x)[8][4]) {
+#pragma unroll
+    for (int h = 0; h < 8; ++h)
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        const uint32_t adr = base + 2 * (((8 * hw + h) * 2 * kBQ + roff + g + 8 * ri) * PS + 8 * kwp + 2 * c);
+        const uint32_t v = pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
+        asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(adr), "r"(v) : "memory");
+      }
+  };
+  // CL2: this CTA's dA for its own dQ, in exchange buffer 0 (free from the dA Compose's barrier to the
+  // next tile's first Compose): the region of warp (kwp, hw) holds heads 8 hw .. + 7, rows 0-15, keys
+  // 8 kwp .. + 7 as [head][row][8] (its last readers, the dP Compose's, are the warps of its own key slice,
+  // which the dA Compose's barrier has passed). ldmatrix reads 8 x 8 blocks of it conflict-free.
+  auto stage_red = [&](const float (&x)[8][4]) {
+    unsigned char* base = reinterpret_cast<unsigned char*>(tl.red) + warp * 2048;
+#pragma unroll
+    for (int h = 0; h < 8; ++h)
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri)
+        *reinterpret_cast<uint32_t*>(base + (h * kBQ + g + 8 * ri) * 16 + 4 * c) =
+            pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
+  };
+  static_assert(!CL2 || Tl::RED_BYTES == NW * 2048, "own dA in exchange buffer 0");
+  uint32_t pp_own = smem_u32(Pp), pp_peer = pp_own;
+  if constexpr (CL2) asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(pp_peer) : "r"(pp_own), "r"(crank ^ 1u));
 
-  if constexpr (AHEAD) load_key_frags<N, D>(kf, kb_, kstart, S, tl);
+  if constexpr (AHEAD) load_key_frags<N, D>(kf, kb_, kstart_c, S, tl);
   // Exchange buffers of the four Composes of a tile: 0 (Z), 1 (P'), 0 (dP), 1 (dA); buffer 1 aliases
   // the tensor-core scratch, whose bulk reads end (wait below) before the next tile's first barrier.
   auto tile_c = [&](const Tl& tk, int kb) {
@@ -1084,7 +1152,8 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     if constexpr (AHEAD) load_key_frags<N, D>(vf, vb, kb, S, tl);
     tk.red_free();
     tk.compose(y, 1, false, tpost, 1);  // P'
-    stage_tile(Pp, y);
+    if constexpr (CL2) stage_pair(role_k ? pp_peer : pp_own, y);
+    else stage_tile(Pp, y);
     if constexpr (AHEAD) {  // dP'
       scores_staged<N, D>(y, vf, tl, qds + N * kBQ * D);
       dov_mask(y, kb);
@@ -1103,8 +1172,14 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     tk.compose(y, 0, true, te, 1, [&](const float (&er)[16]) {  // dA
       if (kws_b && !(PROF & 2)) compose_grads<N>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
     });
-    stage_tile(dAs, y);
-    __syncthreads();
+    if constexpr (CL2) {
+      stage_red(y);
+      stage_pair(role_k ? pp_own : pp_peer, y);
+    } else {
+      stage_tile(dAs, y);
+    }
+    if constexpr (CL2) cluster_sync();
+    else __syncthreads();
     if constexpr (AHEAD) load_ahead(kb + kBK);
     // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d.
 #pragma unroll 1
@@ -1179,7 +1254,11 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
           uint32_t af[4];
-          ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
+          if constexpr (CL2)  // this CTA's dA from exchange buffer 0 (stage_red): key slice 2 kk + lane / 16
+            ldsm4(af, smem_u32(reinterpret_cast<unsigned char*>(tl.red) + (2 * kk + (lane >> 4) + 4 * (n >> 3)) * 2048 +
+                               ((n & 7) * kBQ + lr) * 16));
+          else
+            ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
           if constexpr (C::QD_SMEM) {
             const bf16* ka = kb_ + (int64_t(min(kb + 16 * kk + g, S - 1)) * N + n) * D + cb + 8 * c;
             const bf16* kc = kb_ + (int64_t(min(kb + 16 * kk + 8 + g, S - 1)) * N + n) * D + cb + 8 * c;
@@ -1199,19 +1278,45 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
         if constexpr (C::QD_SMEM) store_q(out_block(), acc);
         else store_out(out_block(), acc);
         flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
-        // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
-#pragma unroll 1
-        for (int which = 0; which < 2; ++which) {
-          if constexpr (!C::QD_SMEM) stage_b(which ? dob : qb, t0, T, n, cb);
-          const bf16* src = which ? Ppn : dAn;
-          float* ws = (which ? a.dv : a.dk) + int64_t(b) * S * N * D;
+        if constexpr (CL2) {
+          // The pair's dK[kb + 16 kk.., n, cb..] += dA^T (16 x 32) Q (32 x CB) (rank 0), or dV += P'^T dO
+          // (rank 1): pair rows 0-15 and 16-31 are this CTA's block and the peer's (or the reverse).
+          const bf16* src = Pp + n * 2 * kBQ * PS;
+          float* ws = (role_k ? a.dk : a.dv) + int64_t(b) * S * N * D;
+          uint32_t pad[2][CB / 16];
+#pragma unroll
+          for (int j2 = 0; j2 < 2; ++j2) {
+            const int blk = 16 * j2 == roff ? (role_k ? 0 : 1) : 2;
+#pragma unroll
+            for (int j = 0; j < CB / 16; ++j)
+              pad[j2][j] = smem_u32(qds + ((blk * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
+          }
 #pragma unroll
           for (int kk = 0; kk < 2; ++kk) {
-            uint32_t af[4];
-            ldsm4t(af, smem_u32(src + tr * PS + 16 * kk + tc));
-            mma_block(acc, af, true, C::QD_SMEM ? qdad[which] : sbad);
+#pragma unroll
+            for (int j2 = 0; j2 < 2; ++j2) {
+              uint32_t af[4];
+              ldsm4t(af, smem_u32(src + (16 * j2 + tr) * PS + 16 * kk + tc));
+              mma_block(acc, af, j2 == 0, pad[j2]);
+            }
             store_out(out_block(), acc);
             flush(ws, kb + 16 * kk, S, n, cb);
+          }
+        } else {
+          // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
+#pragma unroll 1
+          for (int which = 0; which < 2; ++which) {
+            if constexpr (!C::QD_SMEM) stage_b(which ? dob : qb, t0, T, n, cb);
+            const bf16* src = which ? Ppn : dAn;
+            float* ws = (which ? a.dv : a.dk) + int64_t(b) * S * N * D;
+#pragma unroll
+            for (int kk = 0; kk < 2; ++kk) {
+              uint32_t af[4];
+              ldsm4t(af, smem_u32(src + tr * PS + 16 * kk + tc));
+              mma_block(acc, af, true, C::QD_SMEM ? qdad[which] : sbad);
+              store_out(out_block(), acc);
+              flush(ws, kb + 16 * kk, S, n, cb);
+            }
           }
         }
       }
@@ -1221,7 +1326,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     __syncwarp();
     if constexpr (AHEAD) tl.store_key_weights(kwr, tl.kw);
   };
-  if constexpr (AHEAD) for_key_tiles_self_staged<N>(tl, dwb, kstart, khi, S, tile_c);
+  if constexpr (AHEAD) for_key_tiles_self_staged<N, CL2>(tl, dwb, kstart_c, khi_c, S, tile_c);
   else for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, tile_c);
 
   __syncthreads();
@@ -1276,14 +1381,31 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 
 // The prefetch costs registers: N = 32 (512 threads capped at 128) spills twice as much with it (about
 // 4 KB instead of 2), so it is on for N = 16 only; at N16 D64 its buffer makes room for the staged Q and dO.
-template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64)>
+template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
-  using C = BwdCfg<N, D, PF>;
-  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF>;
+  using C = BwdCfg<N, D, PF, CL2>;
+  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
-  kern<<<grid, Tile<N>::THREADS, C::SMEM, st>>>(a);
-  DCF_CUDA_LAUNCH_CHECK();
+  if constexpr (CL2) {
+    grid.x += grid.x & 1;  // whole clusters of two CTAs along x
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(Tile<N>::THREADS);
+    cfg.dynamicSmemBytes = C::SMEM;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 2;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    DCF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, a));
+  } else {
+    kern<<<grid, Tile<N>::THREADS, C::SMEM, st>>>(a);
+    DCF_CUDA_LAUNCH_CHECK();
+  }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -1399,16 +1521,17 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   const bool pf = sh.N == 16 && sh.D == 64 && env_on("DCF_DCMHA_FUSED_PF");
   if (ablate != 0 || pf) {
     require_timing_builds(ablate != 0 ? "a backward ablation" : "DCF_DCMHA_FUSED_PF=1");
-    DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 4, "dcmha_fused_backward: ablation ", ablate,
-              " is not built (1-4, N16 D64 only)");
+    DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 5, "dcmha_fused_backward: ablation ", ablate,
+              " is not built (1-5, N16 D64 only)");
 #if DCF_KERNEL_TIMING_BUILDS
-    if (ablate == 1) launch_bwd<16, 64, 1>(a, B, st);
-    else if (ablate == 2) launch_bwd<16, 64, 2>(a, B, st);
-    else if (ablate == 3) launch_bwd<16, 64, 3>(a, B, st);
-    else if (ablate == 4) launch_bwd<16, 64, 4>(a, B, st);
+    if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, B, st);
+    else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, B, st);
+    else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, B, st);
+    else if (ablate == 4) launch_bwd<16, 64, 4, false, true>(a, B, st);
+    else if (ablate == 5) launch_bwd<16, 64>(a, B, st);
     else launch_bwd<16, 64, 0, true>(a, B, st);
 #endif
-  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64>(a, B, st);
+  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, B, st);
   else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
   else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);
   else if (sh.N == 32 && sh.D == 128) launch_bwd<32, 128>(a, B, st);

@@ -5,8 +5,9 @@
 // memory of one fused fwd+bwd beyond its inputs at T = 2048, 8192, 32768.
 // Usage: bench_dcmha_fused [reps] [--fwd-only | --profile]
 // --profile: one fused forward and one backward of the first shape (B8 T2048 N16 D64 causal), nothing
-// else, as the target of a profiler. The one-CTA forward, the backward's ablations and the prefetch builds
-// are timed where the kernels were built with -DDCF_KERNEL_TIMING_BUILDS=ON.
+// else, as the target of a profiler. The one-CTA forward, the backward's ablations, the N16 D64 one-CTA
+// backward the 2-CTA cluster build replaced and the prefetch builds are timed where the kernels were built
+// with -DDCF_KERNEL_TIMING_BUILDS=ON.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -109,11 +110,13 @@ int main(int argc, char** argv) {
                   fused_b, fused_fb, v1, v1_fb, cf, cfb, mm_flop / fused / 1e9, v1_fb / fused_fb, fused_fb / cfb);
       if (timing && c.N == 16 && c.D == 64 && !fwd_only) {  // where the backward's time goes (timing-only builds)
         std::printf("  bwd ablations:");
-        for (int ab : {1, 2, 3, 4}) {
+        static const char* const names[] = {"", "no-tensor-core-stage", "no-weight-grads", "neither",
+                                            "no-reductions", "one-cta-kernel"};
+        for (int ab : {1, 2, 3, 4, 5}) {
           const double t = time_ms(
               [&] { cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream(), ab); },
               reps);
-          std::printf(" %s %.3f", ab == 1 ? "no-tensor-core-stage" : ab == 2 ? "no-weight-grads" : ab == 3 ? "neither" : "no-reductions", t);
+          std::printf(" %s %.3f", names[ab], t);
         }
         setenv("DCF_DCMHA_FUSED_PF", "1", 1);
         const double pf_f = time_ms(run_fused, reps), pf_b = time_ms(run_fused_bwd, reps);

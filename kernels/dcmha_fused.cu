@@ -332,10 +332,11 @@ __device__ __forceinline__ bool allowed(int tpos, int s, int window) {
   return s <= tpos && (window == 0 || tpos - s < window);
 }
 
-// A barrier over every thread of the CTA's thread-block cluster, ordering their shared::cluster accesses.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
+// The two halves of a barrier over every thread of the CTA's thread-block cluster (each thread alternates
+// them): memory accesses before a thread's arrive are visible to, and performed before, those after any
+// thread's matching wait.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 
 // The key-tile loop of every pass: key tiles kstart .. khi (step kBK), each with its key-side weights
 // (nbr branches) staged, body(tile view, kb) called with them. With a second weight buffer (kw2 != null)
@@ -378,17 +379,14 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, cons
 // The key-tile loop of a body that stages the next tile's key-side weights (both branches, fp32) into
 // tl.kw itself, at a point after the tile's last read of them and a barrier: each tile then costs one
 // barrier. The first tile's weights are staged here.
-// CLU (the backward's 2-CTA cluster build): the barrier that starts a tile spans the cluster, so that no
-// CTA writes the next tile's operands into its peer's shared memory before the peer is done with this one.
-template <int N, bool CLU = false, class W, class Body>
+template <int N, class W, class Body>
 __device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W>& tl, const bf16* dwb, int kstart,
                                                           int khi, int S, Body&& body) {
   static_assert(Tile<N, W>::F32, "synchronous staging");
   __syncthreads();  // every thread done with the previous loop's weights
   tl.stage_key_weights(dwb, kstart, 2, S, tl.kw);
   for (int kb = kstart; kb <= khi; kb += kBK) {
-    if constexpr (CLU) cluster_sync();
-    else __syncthreads();  // this tile's weights visible
+    __syncthreads();  // this tile's weights visible
     body(tl, kb);
   }
 }
@@ -1152,8 +1150,14 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     if constexpr (AHEAD) load_key_frags<N, D>(vf, vb, kb, S, tl);
     tk.red_free();
     tk.compose(y, 1, false, tpost, 1);  // P'
-    if constexpr (CL2) stage_pair(role_k ? pp_peer : pp_own, y);
-    else stage_tile(Pp, y);
+    if constexpr (CL2) {
+      // (A) the peer is done with the previous tile's pair block (only rank 0 stores into it here and
+      // rank 1 not before its dA, but a wait under a branch costs ~580 B of spills)
+      cluster_wait();
+      stage_pair(role_k ? pp_peer : pp_own, y);
+    } else {
+      stage_tile(Pp, y);
+    }
     if constexpr (AHEAD) {  // dP'
       scores_staged<N, D>(y, vf, tl, qds + N * kBQ * D);
       dov_mask(y, kb);
@@ -1175,15 +1179,22 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     if constexpr (CL2) {
       stage_red(y);
       stage_pair(role_k ? pp_own : pp_peer, y);
+      cluster_arrive();  // (B) this CTA's half of the pair's P' and dA written
     } else {
       stage_tile(dAs, y);
     }
-    if constexpr (CL2) cluster_sync();
-    else __syncthreads();
+    __syncthreads();
     if constexpr (AHEAD) load_ahead(kb + kBK);
-    // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d.
+    // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d. CL2: first dQ
+    // for both heads (this CTA's dA only), then the wait for the peer's half (B), then dK or dV.
+    const int nit = (PROF & 1) ? 0 : CL2 ? 4 : 2;
+    if constexpr (CL2)
+      if (nit == 0) cluster_wait();
 #pragma unroll 1
-    for (int hh = 0; hh < ((PROF & 1) ? 0 : 2); ++hh) {
+    for (int it = 0; it < nit; ++it) {
+      if (CL2 && it == 2) cluster_wait();  // (B)
+      const int hh = it & 1;
+      const bool part_q = !CL2 || it < 2, part_kv = !CL2 || it >= 2;
       const int n = 2 * warp + hh;
       const bf16* dAn = dAs + n * kBQ * PS;
       const bf16* Ppn = Pp + n * kBQ * PS;
@@ -1244,40 +1255,43 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
 #pragma unroll 1
       for (int cb = 0; cb < D; cb += CB) {
         float acc[CB / 8][4];
-        // dQ[t0.., n, cb..] += dA (16 x 32) K (32 x CB). With QD_SMEM (no operand block in the scratch) the
-        // B fragments of K come straight from L2 as in the forward's P'V: 16-byte loads of 8 consecutive d
-        // of one key, transposed by movmatrix; n8 tile 4 j + jj then holds the columns
-        // cb + 32 j + 8 q + 2 jj + {0, 1} (q = 0..3), put back in place by store_q. Keys past S are
-        // clamped (their dA is 0). Otherwise K is staged in 16 x CB blocks (stage_b).
+        if (part_q) {
+          // dQ[t0.., n, cb..] += dA (16 x 32) K (32 x CB). With QD_SMEM (no operand block in the scratch) the
+          // B fragments of K come straight from L2 as in the forward's P'V: 16-byte loads of 8 consecutive d
+          // of one key, transposed by movmatrix; n8 tile 4 j + jj then holds the columns
+          // cb + 32 j + 8 q + 2 jj + {0, 1} (q = 0..3), put back in place by store_q. Keys past S are
+          // clamped (their dA is 0). Otherwise K is staged in 16 x CB blocks (stage_b).
 #pragma unroll
-        for (int j = 0; j < CB / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+          for (int j = 0; j < CB / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          uint32_t af[4];
-          if constexpr (CL2)  // this CTA's dA from exchange buffer 0 (stage_red): key slice 2 kk + lane / 16
-            ldsm4(af, smem_u32(reinterpret_cast<unsigned char*>(tl.red) + (2 * kk + (lane >> 4) + 4 * (n >> 3)) * 2048 +
-                               ((n & 7) * kBQ + lr) * 16));
-          else
-            ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
-          if constexpr (C::QD_SMEM) {
-            const bf16* ka = kb_ + (int64_t(min(kb + 16 * kk + g, S - 1)) * N + n) * D + cb + 8 * c;
-            const bf16* kc = kb_ + (int64_t(min(kb + 16 * kk + 8 + g, S - 1)) * N + n) * D + cb + 8 * c;
+          for (int kk = 0; kk < 2; ++kk) {
+            uint32_t af[4];
+            if constexpr (CL2)  // this CTA's dA from exchange buffer 0 (stage_red): key slice 2 kk + lane / 16
+              ldsm4(af, smem_u32(reinterpret_cast<unsigned char*>(tl.red) + (2 * kk + (lane >> 4) + 4 * (n >> 3)) * 2048 +
+                                 ((n & 7) * kBQ + lr) * 16));
+            else
+              ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
+            if constexpr (C::QD_SMEM) {
+              const bf16* ka = kb_ + (int64_t(min(kb + 16 * kk + g, S - 1)) * N + n) * D + cb + 8 * c;
+              const bf16* kc = kb_ + (int64_t(min(kb + 16 * kk + 8 + g, S - 1)) * N + n) * D + cb + 8 * c;
 #pragma unroll
-            for (int j = 0; j < CB / 32; ++j) {
-              const uint4 va = ldg16(ka + 32 * j), vc = ldg16(kc + 32 * j);
+              for (int j = 0; j < CB / 32; ++j) {
+                const uint4 va = ldg16(ka + 32 * j), vc = ldg16(kc + 32 * j);
 #pragma unroll
-              for (int jj = 0; jj < 4; ++jj)
-                mma_bf16(acc[4 * j + jj], af[0], af[1], af[2], af[3], mov_trans(comp(va, jj)),
-                         mov_trans(comp(vc, jj)));
+                for (int jj = 0; jj < 4; ++jj)
+                  mma_bf16(acc[4 * j + jj], af[0], af[1], af[2], af[3], mov_trans(comp(va, jj)),
+                           mov_trans(comp(vc, jj)));
+              }
+            } else {
+              stage_b(kb_, kb + 16 * kk, S, n, cb);
+              mma_block(acc, af, false, sbad);
             }
-          } else {
-            stage_b(kb_, kb + 16 * kk, S, n, cb);
-            mma_block(acc, af, false, sbad);
           }
+          if constexpr (C::QD_SMEM) store_q(out_block(), acc);
+          else store_out(out_block(), acc);
+          flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
         }
-        if constexpr (C::QD_SMEM) store_q(out_block(), acc);
-        else store_out(out_block(), acc);
-        flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
+        if (!part_kv) continue;
         if constexpr (CL2) {
           // The pair's dK[kb + 16 kk.., n, cb..] += dA^T (16 x 32) Q (32 x CB) (rank 0), or dV += P'^T dO
           // (rank 1): pair rows 0-15 and 16-31 are this CTA's block and the peer's (or the reverse).
@@ -1321,13 +1335,21 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
         }
       }
     }
+    if constexpr (CL2) cluster_arrive();  // (A) done with this tile's pair block
     // The scratch is the next tile's exchange buffer 1: its bulk reads must be over.
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     __syncwarp();
     if constexpr (AHEAD) tl.store_key_weights(kwr, tl.kw);
   };
-  if constexpr (AHEAD) for_key_tiles_self_staged<N, CL2>(tl, dwb, kstart_c, khi_c, S, tile_c);
+  // CL2: the cluster barriers of pass C come in halves, so that a CTA waits only where it needs its peer:
+  // (A) arrived at after a tile's last read of the pair block, waited on before the first store into the
+  // peer's block in the next tile; (B) arrived at after both stores of a tile, waited on before the first
+  // read of the peer's half. Both CTAs walk the same tiles, so the halves pair up; (A) is primed here and
+  // its last phase waited for after the loop.
+  if constexpr (CL2) cluster_arrive();
+  if constexpr (AHEAD) for_key_tiles_self_staged<N>(tl, dwb, kstart_c, khi_c, S, tile_c);
   else for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, tile_c);
+  if constexpr (CL2) cluster_wait();
 
   __syncthreads();
 

@@ -1062,17 +1062,17 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     }
     __syncwarp();
   };
-  // Output blocks: out_block() returns the fp32 16 x CB block to fill next (with two blocks, after the
-  // bulk reduction issued from it two flushes ago has finished reading it); flush() adds it to rows
+  // Output blocks: out_block() returns the fp32 16 x CB block to fill next, after the bulk reduction
+  // issued from it (one flush ago with one block, two with two) has finished reading it, so that the wait
+  // comes after the matmuls of the next block; flush() adds it to rows
   // [row0, row0 + 16) (those < nrows), columns [d0, d0 + CB) of head n of the workspace: one bulk
   // asynchronous reduction (TMA) of 4 CB bytes per row, issued by lanes 0-15. Every lane commits a
   // (possibly empty) group per flush, so the group counts agree across the warp.
   int ob = 0;
   auto out_block = [&]() -> float* {
-    if constexpr (C::DBL_SCR) {
-      asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
-      __syncwarp();
-    }
+    if constexpr (C::DBL_SCR) asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
+    else asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    __syncwarp();
     return scr_f + ob * 16 * SF;
   };
   auto flush = [&](float* ws, int row0, int nrows, int n, int d0) {
@@ -1085,12 +1085,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
                    :: "l"(dst), "r"(src), "n"(CB * 4) : "memory");
     }
     asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-    if constexpr (C::DBL_SCR) {
-      ob ^= 1;
-    } else {
-      asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-      __syncwarp();
-    }
+    if constexpr (C::DBL_SCR) ob ^= 1;
   };
   auto stage_tile = [&](bf16* dst, const float (&x)[8][4]) {
 #pragma unroll

@@ -720,8 +720,9 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 // tile, the rank-0 CTA computes the pair's dK = dA^T Q and the rank-1 CTA the pair's dV = P'^T dO, each
 // from a 32-row P' or dA block in its own shared memory that both CTAs fill (the peer's half through
 // distributed shared memory stores) and from both CTAs' Q or dO rows (the peer's staged once at the start);
-// dQ stays per CTA. Pass C's two barriers per tile are cluster barriers, and both CTAs walk the union of
-// their key tiles. Each CTA issues 3 instead of 5 bulk reductions per head and tile.
+// dQ stays per CTA. In pass C the two CTAs meet twice per tile at cluster barriers split into arrive and
+// wait (see the key-tile loop), and both walk the union of their key tiles. Each CTA issues 3 instead of 5
+// bulk reductions per head and tile.
 // No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
 
 struct BwdArgs {

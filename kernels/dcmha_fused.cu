@@ -1098,7 +1098,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   };
   // CL2: P' or dA into the pair's [N][32][PS] block at base, a shared::cluster address (this CTA's
   // own shared::cta addresses are valid ones; the peer's come from mapa), this CTA's rows at roff. Stores
-  // to the peer are posted; the cluster barrier before the tensor-core stage orders them.
+  // to the peer are posted; the cluster barrier (B) of the tile orders them before the peer's reads.
   auto stage_pair = [&](uint32_t base, const float (&x)[8][4]) {
 #pragma unroll
     for (int h = 0; h < 8; ++h)

@@ -43,8 +43,9 @@ int main(int argc, char** argv) {
     };
     std::printf("%-24s %8s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n", "shape (causal, bf16)", "fused_f", "occ1_f",
                 "fused_b", "fused_fb", "v1_f", "v1_fb", "cudnn_f", "cudnn_fb", "fusedTF", "v1/fu_fb", "fu/cuD_fb");
+    // B4 N16 D128: the CTA count and per-CTA work of B2 N32 D128 with its heads split over two CTAs.
     for (const Sh& c : {Sh{8, 2048, 16, 64, 0}, Sh{8, 2048, 16, 64, 256}, Sh{2, 2048, 32, 128, 0},
-                        Sh{2, 2048, 32, 128, 256}, Sh{1, 8192, 16, 64, 0}}) {
+                        Sh{2, 2048, 32, 128, 256}, Sh{4, 2048, 16, 128, 0}, Sh{1, 8192, 16, 64, 0}}) {
       DcmhaShape sh{.B = c.B, .T = c.T, .S = c.T, .N = c.N, .D = c.D, .I = 2, .window = c.W, .compose = true,
                     .chunk = 256};
       Tensor q = random_gpu({c.B, c.T, c.N, c.D}, 0.2, 5), k = random_gpu({c.B, c.T, c.N, c.D}, 1, 6),

@@ -35,6 +35,11 @@
 #ifndef DCF_KERNEL_TIMING_BUILDS
 #define DCF_KERNEL_TIMING_BUILDS 0
 #endif
+// The N32 builds: 1 = the head split over 2-CTA clusters (SPL) is the default and the one-CTA build of
+// 512 threads a timing-only build; 0 = the reverse (see n32_split).
+#ifndef DCF_N32_SPLIT_DEFAULT
+#define DCF_N32_SPLIT_DEFAULT 0
+#endif
 
 namespace dcf::cuda {
 namespace {
@@ -120,18 +125,28 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // Compose needs one barrier (between its writes and reads of the partial reads) instead of two: by the
 // time any thread passes Compose j + 1's barrier, every thread has finished reading Compose j's buffer.
 // The exchange barriers are per key slice (slice_sync): a slice's warps touch only their own rows of red.
-template <int N, class W = uint16_t>
+// Head split (NT = 2 N, the N32 builds): the CTA is one of a cluster of two that hold the same query rows
+// and NT heads between them, N each (cluster rank r: heads [N r, N r + N)); tensors and weight rows are
+// laid out for all NT heads. The per-cell reads are sums over all NT heads, so red has a slot for every
+// head-warp of the pair, each warp writes its partial reads into its slot in both CTAs (the peer's
+// through st.async, which counts the bytes on the peer's mbarrier of that key slice and buffer), and the
+// slice's exchange barrier is that mbarrier (exchange_sync): the slice's local threads arrive, one of them
+// expecting the peer's bytes. The two buffers must alternate strictly between consecutive Composes (a
+// CTA can be one Compose ahead of its peer, never two), and a pass boundary needs a cluster barrier.
+template <int N, class W = uint16_t, int NT = N>
 struct Tile {
   static constexpr bool F32 = std::is_same_v<W, float>;
   static_assert(F32 || std::is_same_v<W, uint16_t>, "staged weights are bf16 or fp32");
+  static constexpr bool SPLIT = NT != N;
+  static_assert(NT == N || NT == 2 * N, "a CTA holds all heads or half of them");
   static constexpr int H = N / 8;          // head-warps per key slice (8 heads each)
   static constexpr int NW = 4 * H;         // warps
   static constexpr int THREADS = 32 * NW;  // = 16 N
-  static constexpr int WN = (2 * kI + 1) * N;
+  static constexpr int WN = (2 * kI + 1) * NT;
   // Staged weight row stride (elements): an odd number of 16-byte slots (WN / 4 is even for N % 8 == 0).
   static constexpr int WS = F32 ? WN + 4 : WN + 8;
   static constexpr int QP = WN / 8;  // 16-byte pieces of one token's branch weights (bf16, in global memory)
-  static constexpr int RED_BYTES = NW * 32 * 16 * 4;
+  static constexpr int RED_BYTES = 4 * (NT / 8) * 32 * 16 * 4;  // a slot per head-warp of the CTA (or pair)
   static_assert(N % 8 == 0, "N must be a multiple of 8");
 
   // Eight staged weights (8 consecutive heads) as fp32.
@@ -160,8 +175,11 @@ struct Tile {
   float* red;
   float* red2;
   int tid, lane, warp, kwp, hw, g, c;
+  int hs;                        // SPLIT: this CTA's first head (N x cluster rank); else unused
+  uint32_t mb;                   // SPLIT: this CTA's mbarriers [4 slices][2 buffers] (shared::cta address)
+  uint32_t red_peer, red2_peer, mb_peer;  // SPLIT: the same in the peer CTA (shared::cluster addresses)
 
-  __device__ Tile(W* qw_, W* kw_, float* red_, float* red2_)
+  __device__ Tile(W* qw_, W* kw_, float* red_, float* red2_, void* mbar = nullptr)
       : qw(qw_), kw(kw_), red(red_), red2(red2_) {
     tid = int(threadIdx.x);
     lane = tid & 31;
@@ -170,6 +188,34 @@ struct Tile {
     hw = warp >> 2;
     g = lane >> 2;
     c = lane & 3;
+    hs = 0;
+    mb = red_peer = red2_peer = mb_peer = 0;
+    if constexpr (SPLIT) {
+      uint32_t rank;
+      asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+      hs = N * int(rank);
+      mb = smem_u32(mbar);
+      red_peer = peer_addr(smem_u32(red), rank ^ 1u);
+      red2_peer = peer_addr(smem_u32(red2), rank ^ 1u);
+      mb_peer = peer_addr(mb, rank ^ 1u);
+    }
+  }
+  // The warp's first head among the NT, and its exchange slot in red (kwp + 4 x its head-warp among NT / 8).
+  __device__ __forceinline__ int hbase() const { return SPLIT ? hs + 8 * hw : 8 * hw; }
+  __device__ __forceinline__ int xslot() const { return SPLIT ? warp + hs / 2 : warp; }
+  static __device__ __forceinline__ uint32_t peer_addr(uint32_t a, uint32_t rank) {
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+  }
+  // SPLIT: the mbarriers (one per key slice and exchange buffer, each completing a phase when the slice's
+  // H * 32 local threads have arrived and the peer's H warps' partial reads have come); every thread of both CTAs must
+  // pass a cluster barrier after this and before the first Compose.
+  __device__ void init_exchange() const {
+    if constexpr (SPLIT) {
+      if (tid < 8) asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mb + 8 * tid), "n"(32 * H) : "memory");
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
   }
 
   // Query-side weights (branches 0 and 2) of rows t0 .. t0 + kBQ - 1 (clamped to T - 1).
@@ -228,7 +274,8 @@ struct Tile {
   __device__ void slice_sync() const { asm volatile("bar.sync %0, %1;\n" ::"r"(1 + kwp), "n"(32 * H) : "memory"); }
   // Where one exchange buffer serves every Compose, the barrier that frees it for the next one.
   __device__ void red_free() const {
-    if (red2 == red) slice_sync();
+    if constexpr (!SPLIT)
+      if (red2 == red) slice_sync();
   }
 
   // Partial reads of one Compose over this warp's 8 heads, weight rows roff .. roff + I - 1 of the
@@ -242,12 +289,12 @@ struct Tile {
     for (int side = 0; side < 2; ++side)
 #pragma unroll
       for (int o = 0; o < 2; ++o) {
-        const W* w = side ? kw + (slot * kBK + 8 * kwp + 2 * c + o) * WS + 8 * hw
-                          : qw + (slot * kBQ + g + 8 * o) * WS + 8 * hw;
+        const W* w = side ? kw + (slot * kBK + 8 * kwp + 2 * c + o) * WS + hbase()
+                          : qw + (slot * kBQ + g + 8 * o) * WS + hbase();
 #pragma unroll
         for (int r = 0; r < kI; ++r) {
           float aw[8];
-          ld8(w + (roff + r) * N, aw);
+          ld8(w + (roff + r) * NT, aw);
 #pragma unroll
           for (int p = 0; p < 2; ++p) {
             const int e = side ? 2 * p + o : 2 * o + p;
@@ -258,16 +305,47 @@ struct Tile {
           }
         }
       }
-    float4* dst = reinterpret_cast<float4*>(red_buf(rb)) + warp * 128 + lane;  // [warp][i][lane]: no bank conflicts
+    const int xs = xslot();
+    float4* dst = reinterpret_cast<float4*>(red_buf(rb)) + xs * 128 + lane;  // [slot][i][lane]: no bank conflicts
 #pragma unroll
     for (int i = 0; i < 4; ++i) dst[32 * i] = make_float4(hp[4 * i], hp[4 * i + 1], hp[4 * i + 2], hp[4 * i + 3]);
+    if constexpr (SPLIT) {
+      const uint32_t rdst = (rb ? red2_peer : red_peer) + (xs * 128 + lane) * 16, rbar = mb_peer + 8 * (2 * kwp + rb);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n"
+                     ::"r"(rdst + 512 * i), "f"(hp[4 * i]), "f"(hp[4 * i + 1]), "f"(hp[4 * i + 2]), "f"(hp[4 * i + 3]),
+                     "r"(rbar)
+                     : "memory");
+    }
+  }
+  // The barrier between a Compose's partial reads (written into buffer rb) and their sum: the key slice's
+  // named barrier or, with a head split, its mbarrier of buffer rb (see above).
+  __device__ void exchange_sync(int rb) const {
+    if constexpr (!SPLIT) {
+      slice_sync();
+    } else {
+      constexpr int XBYTES = H * 32 * 4 * 16;  // what the peer's warps of the slice write per Compose
+      const uint32_t bar = mb + 8 * (2 * kwp + rb);
+      uint64_t state;
+      if (hw == 0 && lane == 0)
+        asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 %0, [%1], %2;\n"
+                     : "=l"(state) : "r"(bar), "n"(XBYTES) : "memory");
+      else
+        asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 %0, [%1];\n" : "=l"(state) : "r"(bar) : "memory");
+      uint32_t done = 0;
+      while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "l"(state) : "memory");
+    }
   }
   // Sum of the partial reads over the head-warps of this key slice (after a barrier).
   __device__ void total_reads(float (&tot)[16], int rb) const {
 #pragma unroll
     for (int i = 0; i < 16; ++i) tot[i] = 0.f;
 #pragma unroll
-    for (int h2 = 0; h2 < H; ++h2) {
+    for (int h2 = 0; h2 < NT / 8; ++h2) {
       const float4* src = reinterpret_cast<const float4*>(red_buf(rb)) + (h2 * 4 + kwp) * 128 + lane;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -284,18 +362,18 @@ struct Tile {
   __device__ void finish(float (&x)[8][4], int slot, int woff, const float (&tot)[16]) const {
 #pragma unroll
     for (int ci = 0; ci < 2; ++ci) {
-      const W* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + 8 * hw;
+      const W* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + hbase();
       float bk0[8], bk1[8], gk[8];
-      ld8(wk + woff * N, bk0);
-      ld8(wk + (woff + 1) * N, bk1);
-      ld8(wk + 2 * kI * N, gk);
+      ld8(wk + woff * NT, bk0);
+      ld8(wk + (woff + 1) * NT, bk1);
+      ld8(wk + 2 * kI * NT, gk);
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
-        const W* wq = qw + (slot * kBQ + g + 8 * ri) * WS + 8 * hw;
+        const W* wq = qw + (slot * kBQ + g + 8 * ri) * WS + hbase();
         float bq0[8], bq1[8], gq[8];
-        ld8(wq + woff * N, bq0);
-        ld8(wq + (woff + 1) * N, bq1);
-        ld8(wq + 2 * kI * N, gq);
+        ld8(wq + woff * NT, bq0);
+        ld8(wq + (woff + 1) * NT, bq1);
+        ld8(wq + 2 * kI * NT, gq);
         const int e = 2 * ri + ci;
         const float hq0 = tot[e * 4 + 0], hk0 = tot[e * 4 + 1], hq1 = tot[e * 4 + 2], hk1 = tot[e * 4 + 3];
 #pragma unroll
@@ -321,7 +399,7 @@ struct Tile {
   __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16], int rb,
                           OnReads&& on_reads = {}) const {
     partial_reads(x, slot, transpose ? kI : 0, rb);
-    slice_sync();
+    exchange_sync(rb);
     total_reads(tot, rb);
     on_reads(static_cast<const float (&)[16]>(tot));
     finish(x, slot, transpose ? 0 : kI, tot);
@@ -337,14 +415,18 @@ __device__ __forceinline__ bool allowed(int tpos, int s, int window) {
 // thread's matching wait.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
 
 // The key-tile loop of every pass: key tiles kstart .. khi (step kBK), each with its key-side weights
 // (nbr branches) staged, body(tile view, kb) called with them. With a second weight buffer (kw2 != null)
 // the next tile's weights are fetched (cp.async) while the current one is processed and each tile costs
 // one barrier; otherwise the tile's weights are fetched and waited for between two barriers. The loop
 // starts with a barrier (every thread done with both buffers) and leaves no copy in flight.
-template <int N, class W, class Body>
-__device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, const bf16* dwb, int kstart, int khi,
+template <int N, class W, int NT, class Body>
+__device__ __forceinline__ void for_key_tiles(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi,
                                               int nbr, int S, Body&& body) {
   if (kw2 == nullptr) {
     for (int kb = kstart; kb <= khi; kb += kBK) {
@@ -360,7 +442,7 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, cons
   __syncthreads();
   tl.stage_key_weights(dwb, kstart, nbr, S, tl.kw);
   cp_async_commit();
-  Tile<N, W> tk = tl;
+  Tile<N, W, NT> tk = tl;
   W* next = kw2;
   for (int kb = kstart; kb <= khi; kb += kBK) {
     cp_async_wait_all();
@@ -369,7 +451,7 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, cons
       tl.stage_key_weights(dwb, kb + kBK, nbr, S, next);
       cp_async_commit();
     }
-    body(static_cast<const Tile<N, W>&>(tk), kb);
+    body(static_cast<const Tile<N, W, NT>&>(tk), kb);
     W* cur = tk.kw;
     tk.kw = next;
     next = cur;
@@ -379,10 +461,10 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W>& tl, W* kw2, cons
 // The key-tile loop of a body that stages the next tile's key-side weights (both branches, fp32) into
 // tl.kw itself, at a point after the tile's last read of them and a barrier: each tile then costs one
 // barrier. The first tile's weights are staged here.
-template <int N, class W, class Body>
-__device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W>& tl, const bf16* dwb, int kstart,
+template <int N, class W, int NT, class Body>
+__device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W, NT>& tl, const bf16* dwb, int kstart,
                                                           int khi, int S, Body&& body) {
-  static_assert(Tile<N, W>::F32, "synchronous staging");
+  static_assert(Tile<N, W, NT>::F32, "synchronous staging");
   __syncthreads();  // every thread done with the previous loop's weights
   tl.stage_key_weights(dwb, kstart, 2, S, tl.kw);
   for (int kb = kstart; kb <= khi; kb += kBK) {
@@ -402,15 +484,15 @@ __device__ __forceinline__ int qd_swz(int r) { return ((r & 1) << 2) | ((r >> 1)
 // dO, rows clamped to R - 1 of the [rows][N][D] tensor at A) loaded straight from global memory. The
 // contraction index d is permuted identically on both sides (8 consecutive d per 16-byte load). Where the
 // A rows are staged in shared memory, load_key_frags + scores_staged below do the same.
-template <int N, int D, class W>
+template <int N, int D, class W, int NT>
 __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, int r0, int R, const bf16* B, int kb,
-                                              int S, const Tile<N, W>& tl) {
+                                              int S, const Tile<N, W, NT>& tl) {
   constexpr int NC = D / 32;
   const int ra = min(r0 + tl.g, R - 1), rb = min(r0 + tl.g + 8, R - 1);
   const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
-  const bf16* pa = A + (int64_t(ra) * N + 8 * tl.hw) * D + 8 * tl.c;
-  const bf16* pb = A + (int64_t(rb) * N + 8 * tl.hw) * D + 8 * tl.c;
-  const bf16* pk = B + (int64_t(key) * N + 8 * tl.hw) * D + 8 * tl.c;
+  const bf16* pa = A + (int64_t(ra) * NT + tl.hbase()) * D + 8 * tl.c;
+  const bf16* pb = A + (int64_t(rb) * NT + tl.hbase()) * D + 8 * tl.c;
+  const bf16* pk = B + (int64_t(key) * NT + tl.hbase()) * D + 8 * tl.c;
 #pragma unroll
   for (int h = 0; h < 8; ++h) {
     x[h][0] = x[h][1] = x[h][2] = x[h][3] = 0.f;
@@ -425,18 +507,18 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
 
 // The B fragments of scores_global (key rows of k or v for this warp's 8 heads), loaded ahead of use, and
 // the scores from them with the A rows from the staged block As (see qd_swz).
-template <int N, int D, class W>
+template <int N, int D, class W, int NT>
 __device__ __forceinline__ void load_key_frags(uint4 (&kf)[8][D / 32], const bf16* B, int kb, int S,
-                                               const Tile<N, W>& tl) {
+                                               const Tile<N, W, NT>& tl) {
   const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
-  const bf16* pk = B + (int64_t(key) * N + 8 * tl.hw) * D + 8 * tl.c;
+  const bf16* pk = B + (int64_t(key) * NT + tl.hbase()) * D + 8 * tl.c;
 #pragma unroll
   for (int h = 0; h < 8; ++h)
 #pragma unroll
     for (int j = 0; j < D / 32; ++j) kf[h][j] = ldg16(pk + h * D + 32 * j);
 }
-template <int N, int D, class W>
-__device__ __forceinline__ void scores_staged(float (&x)[8][4], const uint4 (&kf)[8][D / 32], const Tile<N, W>& tl,
+template <int N, int D, class W, int NT>
+__device__ __forceinline__ void scores_staged(float (&x)[8][4], const uint4 (&kf)[8][D / 32], const Tile<N, W, NT>& tl,
                                               const uint16_t* As) {
   const uint16_t* ps = As + (8 * tl.hw * kBQ + tl.g) * D;
   const int sw = qd_swz(tl.g);
@@ -456,18 +538,18 @@ __device__ __forceinline__ void scores_staged(float (&x)[8][4], const uint4 (&kf
 // Pass 1 of both kernels: per-head row max and sum of the pre-Composed, masked logits, reduced to
 // st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
 // `part` aliases red. Ends with st written and visible (barrier).
-template <int N, class W, class ScoreFn, class OkFn>
-__device__ void row_stats(const Tile<N, W>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
+template <int N, class W, int NT, class ScoreFn, class OkFn>
+__device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
                           ScoreFn scores, OkFn ok, float2* st) {
   float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
   float mrow[8][2], lrow[8][2];
 #pragma unroll
   for (int h = 0; h < 8; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
-  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N, W>& tk, int kb) {
+  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N, W, NT>& tk, int kb) {
     float x[8][4], tot[16];
     scores(x, kb);
-    tk.compose(x, 0, false, tot, 0);
+    tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (kb / kBK) & 1 : 0);  // (a head split alternates)
     bool okc[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
@@ -499,7 +581,7 @@ __device__ void row_stats(const Tile<N, W>& tl, W* kw2, const bf16* dwb, int kst
       if (tl.c == 0) part[(tl.kwp * N + 8 * tl.hw + h) * kBQ + tl.g + 8 * ri] = make_float2(m, l);
     }
   __syncthreads();
-  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N, W>::THREADS) {
+  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N, W, NT>::THREADS) {
     float M = -INFINITY;
 #pragma unroll
     for (int k4 = 0; k4 < 4; ++k4) M = fmaxf(M, part[k4 * N * kBQ + idx].x);
@@ -515,8 +597,8 @@ __device__ void row_stats(const Tile<N, W>& tl, W* kw2, const bf16* dwb, int kst
 }
 
 // Softmax with the row statistics, in place on the pre-Composed logits: p = exp(z - m) / l, 0 where masked.
-template <int N, class W, class OkFn>
-__device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N, W>& tl, const float2* st, int kb, OkFn ok) {
+template <int N, class W, int NT, class OkFn>
+__device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N, W, NT>& tl, const float2* st, int kb, OkFn ok) {
   bool okc[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
@@ -533,24 +615,27 @@ __device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N, W>& tl, co
     }
 }
 
-template <int N, int D, int G, int MINB, bool PF>
+// SPL: the head split of the N32 builds (as in the backward): clusters of two CTAs over the same query
+// rows, NL = N / 2 heads each; both exchange buffers are needed (they must alternate).
+template <int N, int D, int G, int MINB, bool PF, bool SPL = false>
 struct Cfg {
-  static constexpr int NW = Tile<N>::NW, THREADS = Tile<N>::THREADS;
+  static constexpr int NL = SPL ? N / 2 : N;  // heads of a CTA
+  using WT = uint16_t;
+  using Tl = Tile<NL, WT, N>;
+  static constexpr int NW = Tl::NW, THREADS = Tl::THREADS;
   static constexpr int NC = D / 32;  // 32-wide chunks of d
-  static constexpr int NG = N / G;   // heads per output group
+  static constexpr int NG = NL / G;  // heads per output group
   static constexpr int HPW = NG / NW;
   static_assert(NG % 8 == 0 && HPW >= 1 && NG % NW == 0, "fused dcmha config");
   // Shared memory per CTA next to MINB CTAs per SM (228 KiB per SM, 1 KiB reserved per CTA, 227 KiB per CTA).
   static constexpr int LIMIT = MINB == 1 ? 227 * 1024 : 228 * 1024 / MINB - 1024;
-  static constexpr int Q_BYTES = N * NC * 2 * 32 * 16;
-  static constexpr int PART_BYTES = 4 * N * kBQ * 8;  // pass-1 partial statistics, aliases RED
-  static constexpr int RED_U = Tile<N>::RED_BYTES > PART_BYTES ? Tile<N>::RED_BYTES : PART_BYTES;
+  static constexpr int Q_BYTES = NL * NC * 2 * 32 * 16;
+  static constexpr int PART_BYTES = 4 * NL * kBQ * 8;  // pass-1 partial statistics, aliases RED
+  static constexpr int RED_U = Tl::RED_BYTES > PART_BYTES ? Tl::RED_BYTES : PART_BYTES;
   static constexpr int P_BYTES = NG * 4 * 32 * 8;
-  static constexpr int ST_BYTES = N * kBQ * 8;
+  static constexpr int ST_BYTES = NL * kBQ * 8;
   // The dynamic weights stay bf16 here: fp32 staging (as in the backward) measured 12 % slower at N16 D64
   // (two CTAs per SM at 128 registers: more spills, twice the shared loads; docs/perf/dcmha_fused.md, F6).
-  using WT = uint16_t;
-  using Tl = Tile<N, WT>;
   static constexpr int WS = Tl::WS;
   static constexpr int QW_BYTES = 2 * kBQ * WS * int(sizeof(WT));
   static constexpr int KW_BYTES = 2 * kBK * WS * int(sizeof(WT));
@@ -566,35 +651,44 @@ struct Cfg {
   static constexpr int DBL_BYTES = KW_BYTES + Tl::RED_BYTES;
   static constexpr bool DBL = PF && SMEM1 + DBL_BYTES <= LIMIT;
   static constexpr int OFF_KW2 = SMEM1, OFF_RED2 = SMEM1 + KW_BYTES;
-  static constexpr int SMEM = DBL ? SMEM1 + DBL_BYTES : SMEM1;
+  static_assert(!SPL || DBL, "the head split needs the second exchange buffer");
+  static constexpr int OFF_MB = DBL ? SMEM1 + DBL_BYTES : SMEM1;  // SPL: the exchange mbarriers [4][2]
+  static constexpr int SMEM = OFF_MB + (SPL ? 64 : 0);
 };
 
-template <int N, int D, int G, int MINB, bool PF>
-__global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs a) {
-  using C = Cfg<N, D, G, MINB, PF>;
+template <int N, int D, int G, int MINB, bool PF, bool SPL = false>
+__global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs a) {
+  using C = Cfg<N, D, G, MINB, PF, SPL>;
+  constexpr int NL = C::NL;  // heads of this CTA; N is the tensors' head count
   using Tl = typename C::Tl;
   using WT = typename C::WT;
   constexpr int NC = C::NC, THREADS = Tl::THREADS;
   constexpr int64_t WN = Tl::WN;
   extern __shared__ __align__(128) unsigned char smem[];  // as the backward declares it (128-byte aligned blocks)
-  uint4* Qs = reinterpret_cast<uint4*>(smem);                           // [N][NC][2][32]
+  uint4* Qs = reinterpret_cast<uint4*>(smem);                           // [NL][NC][2][32]
   uint2* Pb = reinterpret_cast<uint2*>(smem + C::OFF_P);                // [NG][4][32]
-  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);             // [N][kBQ]: (m, 1/l)
+  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);             // [NL][kBQ]: (m, 1/l)
   const Tl tl(reinterpret_cast<WT*>(smem + C::OFF_QW), reinterpret_cast<WT*>(smem + C::OFF_KW),
                    reinterpret_cast<float*>(smem + C::OFF_RED),
-                   reinterpret_cast<float*>(smem + (C::DBL ? C::OFF_RED2 : C::OFF_RED)));
+                   reinterpret_cast<float*>(smem + (C::DBL ? C::OFF_RED2 : C::OFF_RED)), smem + C::OFF_MB);
   WT* kw2 = C::DBL ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
+  const int hoff = SPL ? tl.hs : 0;  // this CTA's first head
   const int b = blockIdx.y;
-  const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;  // heaviest (causal) tiles first
+  // heaviest (causal) tiles first
+  const int t0 = ((SPL ? gridDim.x / 2 : gridDim.x) - 1 - (SPL ? blockIdx.x / 2 : blockIdx.x)) * kBQ;
   const int T = a.T, S = a.S, W = a.window;
   const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
+  if constexpr (SPL) {  // the exchange mbarriers, initialised before the peer's first st.async
+    tl.init_exchange();
+    cluster_sync();
+  }
 
   // ---- stage Q (fragment order) and the query-side weights of branches 0 and 2.
-  for (int idx = tid; idx < N * NC * 64; idx += THREADS) {
+  for (int idx = tid; idx < NL * NC * 64; idx += THREADS) {
     const int l = idx & 31, half = (idx >> 5) & 1, nj = idx >> 6, n = nj / NC, j = nj % NC;
     const int t = min(t0 + (l >> 2) + 8 * half, T - 1);
-    Qs[idx] = ldg16(a.q + ((int64_t(b) * T + t) * N + n) * D + 32 * j + 8 * (l & 3));
+    Qs[idx] = ldg16(a.q + ((int64_t(b) * T + t) * N + hoff + n) * D + 32 * j + 8 * (l & 3));
   }
   tl.stage_query_weights(dwb, a.q_pos0, t0, T);
   const int tp[2] = {a.q_pos0 + min(t0 + g, T - 1), a.q_pos0 + min(t0 + g + 8, T - 1)};
@@ -606,7 +700,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
   const bf16* kbase = a.k + int64_t(b) * S * N * D;
   auto scores = [&](float (&sc)[8][4], int kb) {
     const int key = min(kb + 8 * kwp + g, S - 1);  // keys past S are masked; clamping keeps loads in bounds
-    const bf16* kp = kbase + (int64_t(key) * N + 8 * hw) * D + 8 * c;
+    const bf16* kp = kbase + (int64_t(key) * N + hoff + 8 * hw) * D + 8 * c;
 #pragma unroll
     for (int h = 0; h < 8; ++h) {
       sc[h][0] = sc[h][1] = sc[h][2] = sc[h][3] = 0.f;
@@ -624,11 +718,12 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 
   // ---- pass 1: per-head row max and sum of the pre-Composed, masked logits.
   __syncthreads();  // Qs staged
-  row_stats<N>(tl, kw2, dwb, kstart, khi, S, scores, cell_ok, st);
+  row_stats<NL>(tl, kw2, dwb, kstart, khi, S, scores, cell_ok, st);
+  if constexpr (SPL) cluster_sync();  // exchange buffer 0 (part in row_stats) free in both CTAs
   if (a.stats)
-    for (int idx = tid; idx < N * kBQ; idx += THREADS) {
+    for (int idx = tid; idx < NL * kBQ; idx += THREADS) {
       const int n = idx / kBQ, row = idx % kBQ;
-      if (t0 + row < T) a.stats[(int64_t(b) * T + t0 + row) * N + n] = st[idx];
+      if (t0 + row < T) a.stats[(int64_t(b) * T + t0 + row) * N + hoff + n] = st[idx];
     }
 
   // ---- pass 2 (once per head group): recompute, normalise, post-Compose, O += P' V.
@@ -641,14 +736,14 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) acc[hh][j][jj][0] = acc[hh][j][jj][1] = acc[hh][j][jj][2] = acc[hh][j][jj][3] = 0.f;
     const bool in_group = (8 * hw) / C::NG == gi;
-    for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
+    for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
       float sc[8][4], tot[16];
       scores(sc, kb);
       tk.compose(sc, 0, false, tot, 0);
-      probs<N>(sc, tk, st, kb, cell_ok);
+      probs<NL>(sc, tk, st, kb, cell_ok);
       tk.red_free();
       tk.partial_reads(sc, 1, 0, 1);
-      tk.slice_sync();
+      tk.exchange_sync(1);
       tk.total_reads(tot, 1);
       if (in_group) {
         tk.finish(sc, 1, kI, tot);
@@ -667,8 +762,8 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
         for (int kk = 0; kk < 2; ++kk) {
           const uint2 pa = Pb[(ml * 4 + 2 * kk) * 32 + lane], pb = Pb[(ml * 4 + 2 * kk + 1) * 32 + lane];
           const int keyA = min(kb + 16 * kk + g, S - 1), keyB = min(kb + 16 * kk + 8 + g, S - 1);
-          const bf16* va_p = a.v + ((int64_t(b) * S + keyA) * N + m) * D + 8 * c;
-          const bf16* vb_p = a.v + ((int64_t(b) * S + keyB) * N + m) * D + 8 * c;
+          const bf16* va_p = a.v + ((int64_t(b) * S + keyA) * N + hoff + m) * D + 8 * c;
+          const bf16* vb_p = a.v + ((int64_t(b) * S + keyB) * N + hoff + m) * D + 8 * c;
 #pragma unroll
           for (int j = 0; j < NC; ++j) {
             const uint4 va = ldg16(va_p + 32 * j), vb = ldg16(vb_p + 32 * j);
@@ -687,7 +782,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
       for (int ri = 0; ri < 2; ++ri) {
         const int t = t0 + g + 8 * ri;
         if (t >= T) continue;
-        bf16* op = a.o + ((int64_t(b) * T + t) * N + m) * D + 8 * c;
+        bf16* op = a.o + ((int64_t(b) * T + t) * N + hoff + m) * D + 8 * c;
 #pragma unroll
         for (int j = 0; j < NC; ++j) {
           uint4 out;
@@ -700,6 +795,7 @@ __global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs
       }
     }
   }
+  if constexpr (SPL) cluster_sync();  // no st.async into a CTA that has exited
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -736,8 +832,10 @@ struct BwdArgs {
 // CL2: the 2-CTA cluster build (N16 D64, see above). Its P'/dA region is one [N][2 kBQ][PS] block (the
 // pair's dA on rank 0, the pair's P' on rank 1: the size of the one-CTA build's two [N][kBQ][PS] blocks),
 // and its output blocks are single (its shared memory holds a third staged Q/dO block instead).
-template <int N, int D, bool PF, bool CL2 = false>
+template <int N, int D, bool PF, bool CL2 = false, bool SPL = false>
 struct BwdCfg {
+  // SPL: the head split (N = 32): clusters of two CTAs over the same query rows, NL = N / 2 heads each.
+  static constexpr int NL = SPL ? N / 2 : N;
   // N16 D64 without the prefetch buffer (that shape's default build) has the shared memory for two
   // stagings the other builds cannot afford (their shared memory is taken, or cp.async prefetches the
   // weights into a second buffer), and the kernel's AHEAD loads rely on both:
@@ -747,17 +845,18 @@ struct BwdCfg {
   // - F32W: the dynamic weights are staged as fp32 (the others keep bf16).
   static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
   static constexpr bool F32W = QD_SMEM;
+  static_assert(!SPL || (N == 32 && PF && !CL2), "the head split is the N32 builds' (with the prefetch)");
   using WT = std::conditional_t<F32W, float, uint16_t>;
-  using Tl = Tile<N, WT>;
+  using Tl = Tile<NL, WT, N>;
   static constexpr int NW = Tl::NW, WS = Tl::WS;
   static constexpr int PS = 40;  // row stride (bf16) of the staged P' and dA tiles: [N][kBQ][PS]
   static constexpr int QW_BYTES = 2 * kBQ * WS * int(sizeof(WT));
   static constexpr int KW_BYTES = 2 * kBK * WS * int(sizeof(WT));
-  static constexpr int PT_BYTES = N * kBQ * PS * 2;
-  static constexpr int QACC_BYTES = 2 * 4 * kBQ * N * 5 * 4;  // final query-side reduction, aliases P'/dA
+  static constexpr int PT_BYTES = NL * kBQ * PS * 2;
+  static constexpr int QACC_BYTES = 2 * 4 * kBQ * NL * 5 * 4;  // final query-side reduction, aliases P'/dA
   static_assert(QACC_BYTES <= 2 * PT_BYTES, "qacc alias");
-  static_assert(Tl::RED_BYTES >= 4 * N * kBQ * 8, "part alias");
-  static constexpr int CB = N == 16 ? 64 : 32;  // d columns per tensor-core block
+  static_assert(Tl::RED_BYTES >= 4 * NL * kBQ * 8, "part alias");
+  static constexpr int CB = NL == 16 ? 64 : 32;  // d columns per tensor-core block
   // Per warp: a bf16 16 x CB operand block (row stride SB; the dK/dV matmuls' Q or dO block, only where
   // those are not staged for the CTA), then one or two f32 16 x CB output blocks (row stride SF; two: a
   // block's bulk reduction may still be reading one while the next block is written to the other). The
@@ -773,7 +872,7 @@ struct BwdCfg {
   static constexpr int QD_BYTES = QD_SMEM ? (CL2 ? 3 : 2) * N * kBQ * D * 2 : 0;
   static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
   static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
-  static constexpr int ST_BYTES = N * kBQ * 12;
+  static constexpr int ST_BYTES = NL * kBQ * 12;
   static constexpr int BASE = OFF_SCR + NW * (SCR_B + SCR_F) + ST_BYTES + QD_BYTES;
   static constexpr bool DBL_SCR = BASE + NW * SCR_F <= 227 * 1024;
   static constexpr int SCR_WARP = SCR_B + (DBL_SCR ? 2 : 1) * SCR_F;
@@ -783,7 +882,8 @@ struct BwdCfg {
   static_assert(NW * SCR_WARP >= Tl::RED_BYTES, "red2 alias");
   static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
   static constexpr int OFF_QD = OFF_ST + ST_BYTES;  // [2 or 3][N][kBQ][D]: Q, dO (CL2: then the peer's Q or dO)
-  static constexpr int SMEM = OFF_QD + QD_BYTES;
+  static constexpr int OFF_MB = OFF_QD + QD_BYTES;  // SPL: the exchange mbarriers [4][2] (Tile)
+  static constexpr int SMEM = OFF_MB + (SPL ? 64 : 0);
   static_assert(SMEM <= 227 * 1024, "backward shared memory");
   static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0 && OFF_QD % 128 == 0,
                 "operand alignment");
@@ -833,8 +933,8 @@ __device__ __forceinline__ void grad_sums(const float (&x)[8][4], const float (&
 // layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
 // head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
 // column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
-template <int N, class W>
-__device__ __forceinline__ void compose_grads(const Tile<N, W>& tl, const float (&x)[8][4], const float (&y)[8][4],
+template <int N, class W, int NT>
+__device__ __forceinline__ void compose_grads(const Tile<N, W, NT>& tl, const float (&x)[8][4], const float (&y)[8][4],
                                               const float (&hr)[16], const float (&er)[16], float (&qacc)[20],
                                               float* kws_b, int slot, int kb, int S) {
 #pragma unroll
@@ -854,38 +954,47 @@ __device__ __forceinline__ void compose_grads(const Tile<N, W>& tl, const float 
     rs_step<20>(v2, v3, (tl.g >> 1) & 1, 8);
     rs_step<10>(v3, v4, (tl.g >> 2) & 1, 16);
     const int key = kb + 8 * tl.kwp + 2 * tl.c + ci;
-    const int head = 8 * tl.hw + 4 * (tl.g & 1) + 2 * ((tl.g >> 1) & 1) + ((tl.g >> 2) & 1);
+    const int head = tl.hbase() + 4 * (tl.g & 1) + 2 * ((tl.g >> 1) & 1) + ((tl.g >> 2) & 1);
     if (key < S) {
-      float* p = kws_b + (int64_t(key) * 2 + slot) * 5 * N + head;
+      float* p = kws_b + (int64_t(key) * 2 + slot) * 5 * NT + head;
 #pragma unroll
-      for (int j = 0; j < 5; ++j) atomicAdd(p + j * N, v4[j]);
+      for (int j = 0; j < 5; ++j) atomicAdd(p + j * NT, v4[j]);
     }
   }
 }
 
 // PF: the key-side weights of the next tile are prefetched (cp.async) into a second buffer.
-template <int N, int D, int PROF, bool PF, bool CL2 = false>
-__global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
-  using C = BwdCfg<N, D, PF, CL2>;
-  constexpr int THREADS = Tile<N>::THREADS, NW = Tile<N>::NW, PS = C::PS;
-  constexpr int64_t WN = Tile<N>::WN;
-  static_assert(N / NW == 2, "two heads per warp in the tensor-core stage");
-  extern __shared__ __align__(128) unsigned char smem[];
+// SPL: the N32 builds as clusters of two CTAs over the same 16 query rows, each for 16 of the 32 heads
+// (cluster rank r: heads 16 r .. 16 r + 15) and otherwise the N16 kernel: the Composes' per-cell reads
+// are exchanged through distributed shared memory (Tile), the rest is per head.
+template <int N, int D, int PROF, bool PF, bool CL2 = false, bool SPL = false>
+__global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
+  using C = BwdCfg<N, D, PF, CL2, SPL>;
   using Tl = typename C::Tl;
   using WT = typename C::WT;
+  constexpr int NL = C::NL;  // heads of this CTA; N is the tensors' head count
+  constexpr int THREADS = Tl::THREADS, NW = Tl::NW, PS = C::PS;
+  constexpr int64_t WN = Tl::WN;
+  static_assert(NL / NW == 2, "two heads per warp in the tensor-core stage");
+  extern __shared__ __align__(128) unsigned char smem[];
   const Tl tl(reinterpret_cast<WT*>(smem + C::OFF_QW), reinterpret_cast<WT*>(smem + C::OFF_KW),
                    reinterpret_cast<float*>(smem + C::OFF_RED),
-                   reinterpret_cast<float*>(smem + C::OFF_SCR));
+                   reinterpret_cast<float*>(smem + C::OFF_SCR), smem + C::OFF_MB);
   WT* kw2 = PF ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
-  bf16* Pp = reinterpret_cast<bf16*>(smem + C::OFF_PP);  // [N][kBQ][PS] P' of the tile
-  bf16* dAs = Pp + N * kBQ * PS;                          // [N][kBQ][PS] dA of the tile
+  bf16* Pp = reinterpret_cast<bf16*>(smem + C::OFF_PP);  // [NL][kBQ][PS] P' of the tile
+  bf16* dAs = Pp + NL * kBQ * PS;                         // [NL][kBQ][PS] dA of the tile
   bf16* scr_b = reinterpret_cast<bf16*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP);
   float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + C::SCR_B);
-  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);                   // [N][kBQ] (m, 1/l)
-  float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + N * kBQ * 8);      // [N][kBQ] Delta
+  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);                   // [NL][kBQ] (m, 1/l)
+  float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + NL * kBQ * 8);     // [NL][kBQ] Delta
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
+  const int hoff = SPL ? tl.hs : 0;  // this CTA's first head
   const int b = blockIdx.y;
-  const int t0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
+  const int t0 = ((SPL ? gridDim.x / 2 : gridDim.x) - 1 - (SPL ? blockIdx.x / 2 : blockIdx.x)) * kBQ;
+  if constexpr (SPL) {  // the exchange mbarriers, initialised before the peer's first st.async
+    tl.init_exchange();
+    cluster_sync();
+  }
   const int T = a.T, S = a.S, W = a.window;
   // CL2: the two CTAs of a cluster hold the query rows [pb, pb + 32): cluster rank 1 the first 16, rank 0
   // (blockIdx.x one lower) the next 16 (none if they start past T: the grid is rounded up to even). The
@@ -938,10 +1047,10 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   auto qk_scores = [&](float (&x)[8][4], int kb) {
     if constexpr (C::QD_SMEM) {
       uint4 kfr[8][D / 32];
-      load_key_frags<N, D>(kfr, kb_, kb, S, tl);
-      scores_staged<N, D>(x, kfr, tl, qds);
+      load_key_frags<NL, D>(kfr, kb_, kb, S, tl);
+      scores_staged<NL, D>(x, kfr, tl, qds);
     } else {
-      scores_global<N, D>(x, qb, t0, T, kb_, kb, S, tl);
+      scores_global<NL, D>(x, qb, t0, T, kb_, kb, S, tl);
     }
   };
   auto dov_mask = [&](float (&x)[8][4], int kb) {
@@ -953,19 +1062,20 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     }
   };
   auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells (without AHEAD)
-    scores_global<N, D>(x, dob, t0, T, vb, kb, S, tl);
+    scores_global<NL, D>(x, dob, t0, T, vb, kb, S, tl);
     dov_mask(x, kb);
   };
 
   // ---- pass 1: row statistics (or the forward's).
   if (a.stats) {
-    for (int idx = tid; idx < N * kBQ; idx += THREADS) {
+    for (int idx = tid; idx < NL * kBQ; idx += THREADS) {
       const int n = idx / kBQ, row = idx % kBQ;
-      st[idx] = t0 + row < T ? a.stats[(int64_t(b) * T + t0 + row) * N + n] : make_float2(-INFINITY, 0.f);
+      st[idx] = t0 + row < T ? a.stats[(int64_t(b) * T + t0 + row) * N + hoff + n] : make_float2(-INFINITY, 0.f);
     }
     __syncthreads();
   } else {
-    row_stats<N>(tl, kw2, dwb, kstart, khi, S, qk_scores, cell_ok, st);
+    row_stats<NL>(tl, kw2, dwb, kstart, khi, S, qk_scores, cell_ok, st);
+    if constexpr (SPL) cluster_sync();  // exchange buffer 0 (part in row_stats) free in both CTAs
   }
 
   // AHEAD (N16 D64 with Q and dO staged, fp32 weights): the next tile's K fragments (kf) and key-side
@@ -980,7 +1090,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   static_assert(!AHEAD || C::F32W, "the loads ahead stage the key-side weights as fp32");
   uint4 kf[8][D / 32], vf[8][D / 32], kwr[Tl::KWR];
   auto load_ahead = [&](int kb) {
-    load_key_frags<N, D>(kf, kb_, kb, S, tl);
+    load_key_frags<NL, D>(kf, kb_, kb, S, tl);
     tl.load_key_weights(dwb, kb, S, kwr);
   };
 
@@ -992,15 +1102,15 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     auto tile_a = [&](const Tl& tk, int kb) {
       float x[8][4], y[8][4], tot[16];
       if constexpr (AHEAD) {
-        scores_staged<N, D>(x, kf, tl, qds);
-        load_key_frags<N, D>(vf, vb, kb, S, tl);
+        scores_staged<NL, D>(x, kf, tl, qds);
+        load_key_frags<NL, D>(vf, vb, kb, S, tl);
       } else {
         qk_scores(x, kb);
       }
       tk.compose(x, 0, false, tot, 0);
-      probs<N>(x, tk, st, kb, cell_ok);
+      probs<NL>(x, tk, st, kb, cell_ok);
       if constexpr (AHEAD) {
-        scores_staged<N, D>(y, vf, tl, qds + N * kBQ * D);
+        scores_staged<NL, D>(y, vf, tl, qds + N * kBQ * D);
         dov_mask(y, kb);
         load_ahead(kb + kBK);
       } else {
@@ -1018,10 +1128,10 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
       }
     };
     if constexpr (AHEAD) {
-      load_key_frags<N, D>(kf, kb_, kstart, S, tl);
-      for_key_tiles_self_staged<N>(tl, dwb, kstart, khi, S, tile_a);
+      load_key_frags<NL, D>(kf, kb_, kstart, S, tl);
+      for_key_tiles_self_staged<NL>(tl, dwb, kstart, khi, S, tile_a);
     } else {
-      for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, tile_a);
+      for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, tile_a);
     }
     __syncthreads();
     float* part = tl.red;  // [4][N][kBQ]
@@ -1032,11 +1142,15 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
         float s = dacc[h][ri];
         s += __shfl_xor_sync(0xffffffffu, s, 1);
         s += __shfl_xor_sync(0xffffffffu, s, 2);
-        if (c == 0) part[(kwp * N + 8 * hw + h) * kBQ + g + 8 * ri] = s;
+        if (c == 0) part[(kwp * NL + 8 * hw + h) * kBQ + g + 8 * ri] = s;
       }
     __syncthreads();
-    for (int idx = tid; idx < N * kBQ; idx += THREADS)
-      dl[idx] = part[idx] + part[N * kBQ + idx] + part[2 * N * kBQ + idx] + part[3 * N * kBQ + idx];
+    for (int idx = tid; idx < NL * kBQ; idx += THREADS)
+      dl[idx] = part[idx] + part[NL * kBQ + idx] + part[2 * NL * kBQ + idx] + part[3 * NL * kBQ + idx];
+    if constexpr (SPL) {
+      __syncthreads();
+      cluster_sync();  // exchange buffer 0 (part) free in both CTAs
+    }
   }
 
   // ---- pass C: all gradients.
@@ -1053,7 +1167,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     for (int i = 0; i < 16 * PR / 32; ++i) {
       const int idx = lane + 32 * i, r = idx / PR, p = idx % PR;
       val[i] = make_uint4(0, 0, 0, 0);
-      if (row0 + r < nrows) val[i] = ldg16(base + (int64_t(row0 + r) * N + n) * D + d0 + 8 * p);
+      if (row0 + r < nrows) val[i] = ldg16(base + (int64_t(row0 + r) * N + hoff + n) * D + d0 + 8 * p);
     }
     __syncwarp();
 #pragma unroll
@@ -1080,7 +1194,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
     if (!(PROF & 4) && lane < 16 && row0 + lane < nrows) {
-      float* dst = ws + (int64_t(row0 + lane) * N + n) * D + d0;
+      float* dst = ws + (int64_t(row0 + lane) * N + hoff + n) * D + d0;
       const uint32_t src = uint32_t(__cvta_generic_to_shared(scr_f + ob * 16 * SF + lane * SF));
       asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
                    :: "l"(dst), "r"(src), "n"(CB * 4) : "memory");
@@ -1126,24 +1240,24 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   uint32_t pp_own = smem_u32(Pp), pp_peer = pp_own;
   if constexpr (CL2) asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(pp_peer) : "r"(pp_own), "r"(crank ^ 1u));
 
-  if constexpr (AHEAD) load_key_frags<N, D>(kf, kb_, kstart_c, S, tl);
+  if constexpr (AHEAD) load_key_frags<NL, D>(kf, kb_, kstart_c, S, tl);
   // Exchange buffers of the four Composes of a tile: 0 (Z), 1 (P'), 0 (dP), 1 (dA); buffer 1 aliases
   // the tensor-core scratch, whose bulk reads end (wait below) before the next tile's first barrier.
   auto tile_c = [&](const Tl& tk, int kb) {
     float A[8][4], x[8][4], y[8][4], tpre[16], tpost[16], te[16];
-    if constexpr (AHEAD) scores_staged<N, D>(A, kf, tl, qds);
+    if constexpr (AHEAD) scores_staged<NL, D>(A, kf, tl, qds);
     else qk_scores(A, kb);
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) x[h][e] = A[h][e];
     tk.compose(x, 0, false, tpre, 0);  // Z
-    probs<N>(x, tk, st, kb, cell_ok);  // P
+    probs<NL>(x, tk, st, kb, cell_ok);  // P
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e];
-    if constexpr (AHEAD) load_key_frags<N, D>(vf, vb, kb, S, tl);
+    if constexpr (AHEAD) load_key_frags<NL, D>(vf, vb, kb, S, tl);
     tk.red_free();
     tk.compose(y, 1, false, tpost, 1);  // P'
     if constexpr (CL2) {
@@ -1155,14 +1269,14 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
       stage_tile(Pp, y);
     }
     if constexpr (AHEAD) {  // dP'
-      scores_staged<N, D>(y, vf, tl, qds + N * kBQ * D);
+      scores_staged<NL, D>(y, vf, tl, qds + N * kBQ * D);
       dov_mask(y, kb);
     } else {
       dov_scores(y, kb);
     }
     tk.red_free();
     tk.compose(y, 1, true, te, 0, [&](const float (&er)[16]) {  // dP
-      if (kws_b && !(PROF & 2)) compose_grads<N>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
+      if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
     });
 #pragma unroll
     for (int h = 0; h < 8; ++h)
@@ -1170,7 +1284,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
     tk.red_free();
     tk.compose(y, 0, true, te, 1, [&](const float (&er)[16]) {  // dA
-      if (kws_b && !(PROF & 2)) compose_grads<N>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
+      if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
     });
     if constexpr (CL2) {
       stage_red(y);
@@ -1225,14 +1339,17 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
       };
       // acc (16 x CB) += A fragment af (16 x 16) times a 16 x CB operand block in shared memory, whose
       // ldmatrix lane address for columns [16 j, 16 j + 16) is bad[j]; with `zero` the accumulators start
-      // from 0. The block is the warp's staged block (sbad) or, with QD_SMEM, the CTA's Q or dO (qdad).
+      // from 0. The block is the warp's staged block (sbad) or, with QD_SMEM, a staged Q or dO block (qd_lane:
+      // block blk of qds, head n).
+      auto qd_lane = [&](int blk, int j) {
+        return smem_u32(qds + ((blk * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
+      };
       uint32_t sbad[CB / 16], qdad[2][CB / 16];
 #pragma unroll
       for (int j = 0; j < CB / 16; ++j) {
         sbad[j] = sb + 32 * j;
 #pragma unroll
-        for (int which = 0; which < 2; ++which)
-          qdad[which][j] = smem_u32(qds + ((which * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
+        for (int which = 0; which < 2; ++which) qdad[which][j] = qd_lane(which, j);
       }
       auto mma_block = [&](float (&acc)[CB / 8][4], const uint32_t (&af)[4], bool zero,
                            const uint32_t (&bad)[CB / 16]) {
@@ -1268,8 +1385,8 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
             else
               ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
             if constexpr (C::QD_SMEM) {
-              const bf16* ka = kb_ + (int64_t(min(kb + 16 * kk + g, S - 1)) * N + n) * D + cb + 8 * c;
-              const bf16* kc = kb_ + (int64_t(min(kb + 16 * kk + 8 + g, S - 1)) * N + n) * D + cb + 8 * c;
+              const bf16* ka = kb_ + (int64_t(min(kb + 16 * kk + g, S - 1)) * N + hoff + n) * D + cb + 8 * c;
+              const bf16* kc = kb_ + (int64_t(min(kb + 16 * kk + 8 + g, S - 1)) * N + hoff + n) * D + cb + 8 * c;
 #pragma unroll
               for (int j = 0; j < CB / 32; ++j) {
                 const uint4 va = ldg16(ka + 32 * j), vc = ldg16(kc + 32 * j);
@@ -1299,7 +1416,7 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
             const int blk = 16 * j2 == roff ? (role_k ? 0 : 1) : 2;
 #pragma unroll
             for (int j = 0; j < CB / 16; ++j)
-              pad[j2][j] = smem_u32(qds + ((blk * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
+              pad[j2][j] = qd_lane(blk, j);
           }
 #pragma unroll
           for (int kk = 0; kk < 2; ++kk) {
@@ -1343,11 +1460,12 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
   // read of the peer's half. Both CTAs walk the same tiles, so the halves pair up; (A) is primed here and
   // its last phase waited for after the loop.
   if constexpr (CL2) cluster_arrive();
-  if constexpr (AHEAD) for_key_tiles_self_staged<N>(tl, dwb, kstart_c, khi_c, S, tile_c);
-  else for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 2, S, tile_c);
+  if constexpr (AHEAD) for_key_tiles_self_staged<NL>(tl, dwb, kstart_c, khi_c, S, tile_c);
+  else for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, tile_c);
   if constexpr (CL2) cluster_wait();
 
   __syncthreads();
+  if constexpr (SPL) cluster_sync();  // no st.async into a CTA that has exited
 
   // ---- query-side weight gradients: sum the 4 key-warps, add to ddw (branches 0 and 2).
   if (!a.ddw) return;
@@ -1359,16 +1477,16 @@ __global__ void __launch_bounds__(16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
 #pragma unroll
       for (int i = 0; i < 10; ++i) {
         const int row = g + 8 * ri, head = 8 * hw + 4 * (c & 1) + 2 * ((c >> 1) & 1) + i / 5;
-        qs[(((cp * 4 + kwp) * kBQ + row) * N + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
+        qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
       }
   __syncthreads();
-  for (int idx = tid; idx < 2 * kBQ * N * 5; idx += THREADS) {
-    const int j = idx % 5, head = (idx / 5) % N, row = (idx / (5 * N)) % kBQ, cp = idx / (5 * N * kBQ);
+  for (int idx = tid; idx < 2 * kBQ * NL * 5; idx += THREADS) {
+    const int j = idx % 5, head = (idx / 5) % NL, row = (idx / (5 * NL)) % kBQ, cp = idx / (5 * NL * kBQ);
     if (t0 + row >= T) continue;
     float s = 0.f;
 #pragma unroll
-    for (int k4 = 0; k4 < 4; ++k4) s += qs[(((cp * 4 + k4) * kBQ + row) * N + head) * 5 + j];
-    bf16* p = a.ddw + ((int64_t(b) * S + a.q_pos0 + t0 + row) * 4 + (cp ? 2 : 0)) * WN + j * N + head;
+    for (int k4 = 0; k4 < 4; ++k4) s += qs[(((cp * 4 + k4) * kBQ + row) * NL + head) * 5 + j];
+    bf16* p = a.ddw + ((int64_t(b) * S + a.q_pos0 + t0 + row) * 4 + (cp ? 2 : 0)) * WN + j * N + hoff + head;
     *p = __float2bfloat16_rn(__bfloat162float(*p) + s);
   }
 }
@@ -1384,44 +1502,56 @@ __global__ void add_key_grads_kernel(const float* __restrict__ kws, bf16* __rest
   }
 }
 
+// A kernel launch in clusters of two CTAs along x.
+template <class Kern, class Args>
+void launch_cluster2(Kern kern, dim3 grid, int threads, int smem, cudaStream_t st, const Args& a) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(unsigned(threads));
+  cfg.dynamicSmemBytes = size_t(smem);
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  DCF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, a));
+}
+
 // The forward runs without the prefetch (PF): at N16 D64 (two CTAs per SM, 128 registers) it spills
 // 860 B instead of 440 B and measured 2 % slower with it (docs/perf/dcmha_fused.md, F3).
-template <int N, int D, int G, int MINB = 1, bool PF = false>
+template <int N, int D, int G, int MINB = 1, bool PF = false, bool SPL = false>
 void launch(const FusedArgs& a, int B, cudaStream_t st) {
-  using C = Cfg<N, D, G, MINB, PF>;
-  auto kern = dcmha_fused_fwd_kernel<N, D, G, MINB, PF>;
+  using C = Cfg<N, D, G, MINB, PF, SPL>;
+  auto kern = dcmha_fused_fwd_kernel<N, D, G, MINB, PF, SPL>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
-  kern<<<grid, C::THREADS, C::SMEM, st>>>(a);
-  DCF_CUDA_LAUNCH_CHECK();
+  if constexpr (SPL) {
+    grid.x *= 2;  // the two halves of the heads of each query tile, a cluster of two
+    launch_cluster2(kern, grid, C::THREADS, C::SMEM, st, a);
+  } else {
+    kern<<<grid, C::THREADS, C::SMEM, st>>>(a);
+    DCF_CUDA_LAUNCH_CHECK();
+  }
 }
 
 
 // The prefetch costs registers: N = 32 (512 threads capped at 128) spills twice as much with it (about
 // 4 KB instead of 2), so it is on for N = 16 only; at N16 D64 its buffer makes room for the staged Q and dO.
-template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false>
+template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false, bool SPL = false>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
-  using C = BwdCfg<N, D, PF, CL2>;
-  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2>;
+  using C = BwdCfg<N, D, PF, CL2, SPL>;
+  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2, SPL>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
-  if constexpr (CL2) {
-    grid.x += grid.x & 1;  // whole clusters of two CTAs along x
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(Tile<N>::THREADS);
-    cfg.dynamicSmemBytes = C::SMEM;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 2;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    DCF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, a));
+  if constexpr (CL2 || SPL) {
+    if (CL2) grid.x += grid.x & 1;  // whole clusters of two CTAs along x
+    else grid.x *= 2;               // the two halves of the heads of each query tile
+    launch_cluster2(kern, grid, C::Tl::THREADS, C::SMEM, st, a);
   } else {
-    kern<<<grid, Tile<N>::THREADS, C::SMEM, st>>>(a);
+    kern<<<grid, C::Tl::THREADS, C::SMEM, st>>>(a);
     DCF_CUDA_LAUNCH_CHECK();
   }
 }
@@ -1430,8 +1560,9 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 // Timing-only builds (compiled with -DDCF_KERNEL_TIMING_BUILDS=ON): the N16 D64 forward at one CTA
 // per SM (DCF_DCMHA_FUSED_OCC=1), the N16 D64 builds with the key-weight prefetch
-// (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2)
-// and the backward's ablations. The variables are read at every call; setting one in a build without
+// (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2),
+// the N32 builds as one CTA of 512 threads for all heads, which the head split replaced
+// (DCF_DCMHA_FUSED_N32_ALT=1: see n32_split), and the backward's ablations. The variables are read at every call; setting one in a build without
 // these kernels is an error rather than a silent fallback to the default build.
 bool env_on(const char* name) {
   const char* v = std::getenv(name);
@@ -1440,6 +1571,13 @@ bool env_on(const char* name) {
 void require_timing_builds(const char* what) {
   DCF_CHECK(DCF_KERNEL_TIMING_BUILDS, what, " selects a timing-only kernel build; configure with "
             "-DDCF_KERNEL_TIMING_BUILDS=ON");
+}
+// Whether an N32 call runs the head split: the default build (DCF_N32_SPLIT_DEFAULT), or the other one
+// where DCF_DCMHA_FUSED_N32_ALT=1 asks for it (a timing-only build).
+bool n32_split() {
+  if (!env_on("DCF_DCMHA_FUSED_N32_ALT")) return DCF_N32_SPLIT_DEFAULT;
+  require_timing_builds("DCF_DCMHA_FUSED_N32_ALT=1");
+  return !DCF_N32_SPLIT_DEFAULT;
 }
 
 }  // namespace
@@ -1490,8 +1628,17 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
 #endif
   } else if (sh.N == 16 && sh.D == 64) launch<16, 64, 1, 2>(a, B, st);
   else if (sh.N == 16 && sh.D == 128) launch<16, 128, 2>(a, B, st);
-  else if (sh.N == 32 && sh.D == 64) launch<32, 64, 1>(a, B, st);
-  else if (sh.N == 32 && sh.D == 128) launch<32, 128, 2>(a, B, st);
+  else if (sh.N == 32) {
+    const bool split = n32_split();  // (each #if compiles only the builds that can run)
+#if DCF_KERNEL_TIMING_BUILDS || DCF_N32_SPLIT_DEFAULT
+    if (split && sh.D == 64) launch<32, 64, 1, 1, true, true>(a, B, st);
+    else if (split) launch<32, 128, 2, 1, true, true>(a, B, st);
+#endif
+#if DCF_KERNEL_TIMING_BUILDS || !DCF_N32_SPLIT_DEFAULT
+    if (!split && sh.D == 64) launch<32, 64, 1>(a, B, st);
+    else if (!split) launch<32, 128, 2>(a, B, st);
+#endif
+  }
   else DCF_CHECK(false, "dcmha_fused_forward: unsupported N=", sh.N, " D=", sh.D);
 }
 
@@ -1551,8 +1698,17 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
 #endif
   } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, B, st);
   else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
-  else if (sh.N == 32 && sh.D == 64) launch_bwd<32, 64>(a, B, st);
-  else if (sh.N == 32 && sh.D == 128) launch_bwd<32, 128>(a, B, st);
+  else if (sh.N == 32) {
+    const bool split = n32_split();
+#if DCF_KERNEL_TIMING_BUILDS || DCF_N32_SPLIT_DEFAULT
+    if (split && sh.D == 64) launch_bwd<32, 64, 0, true, false, true>(a, B, st);
+    else if (split) launch_bwd<32, 128, 0, true, false, true>(a, B, st);
+#endif
+#if DCF_KERNEL_TIMING_BUILDS || !DCF_N32_SPLIT_DEFAULT
+    if (!split && sh.D == 64) launch_bwd<32, 64>(a, B, st);
+    else if (!split) launch_bwd<32, 128>(a, B, st);
+#endif
+  }
   else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);
   accumulate_into(DType::bf16, dq.raw(), DType::f32, dq32.raw(), dq32.numel());
   accumulate_into(DType::bf16, dk.raw(), DType::f32, dk32.raw(), dk32.numel());

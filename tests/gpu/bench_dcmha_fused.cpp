@@ -6,8 +6,8 @@
 // Usage: bench_dcmha_fused [reps] [--fwd-only | --profile]
 // --profile: one fused forward and one backward of the first shape (B8 T2048 N16 D64 causal), nothing
 // else, as the target of a profiler. The one-CTA forward, the backward's ablations, the N16 D64 one-CTA
-// backward the 2-CTA cluster build replaced and the prefetch builds are timed where the kernels were built
-// with -DDCF_KERNEL_TIMING_BUILDS=ON.
+// backward the 2-CTA cluster build replaced, the other N32 builds (head split or one CTA) and the
+// prefetch builds are timed where the kernels were built with -DDCF_KERNEL_TIMING_BUILDS=ON.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -109,6 +109,13 @@ int main(int argc, char** argv) {
                     (long long)c.N, (long long)c.D, (long long)c.W);
       std::printf("%-24s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.1f %9.2f %9.2f\n", name, fused, fused_occ1,
                   fused_b, fused_fb, v1, v1_fb, cf, cfb, mm_flop / fused / 1e9, v1_fb / fused_fb, fused_fb / cfb);
+      if (timing && c.N == 32 && !fwd_only) {  // the other N32 build (head split or one CTA), same shape
+        setenv("DCF_DCMHA_FUSED_N32_ALT", "1", 1);
+        const double alt_f = time_ms(run_fused, reps), alt_b = time_ms(run_fused_bwd, reps);
+        unsetenv("DCF_DCMHA_FUSED_N32_ALT");
+        std::printf("  the other N32 build (DCF_DCMHA_FUSED_N32_ALT=1): fwd %.3f bwd %.3f; default/other: fwd %.3f "
+                    "bwd %.3f\n", alt_f, alt_b, fused / alt_f, fused_b / alt_b);
+      }
       if (timing && c.N == 16 && c.D == 64 && !fwd_only) {  // where the backward's time goes (timing-only builds)
         std::printf("  bwd ablations:");
         static const char* const names[] = {"", "no-tensor-core-stage", "no-weight-grads", "neither",

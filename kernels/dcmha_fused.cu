@@ -1339,17 +1339,14 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
       };
       // acc (16 x CB) += A fragment af (16 x 16) times a 16 x CB operand block in shared memory, whose
       // ldmatrix lane address for columns [16 j, 16 j + 16) is bad[j]; with `zero` the accumulators start
-      // from 0. The block is the warp's staged block (sbad) or, with QD_SMEM, a staged Q or dO block (qd_lane:
-      // block blk of qds, head n).
-      auto qd_lane = [&](int blk, int j) {
-        return smem_u32(qds + ((blk * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
-      };
+      // from 0. The block is the warp's staged block (sbad) or, with QD_SMEM, the CTA's Q or dO (qdad).
       uint32_t sbad[CB / 16], qdad[2][CB / 16];
 #pragma unroll
       for (int j = 0; j < CB / 16; ++j) {
         sbad[j] = sb + 32 * j;
 #pragma unroll
-        for (int which = 0; which < 2; ++which) qdad[which][j] = qd_lane(which, j);
+        for (int which = 0; which < 2; ++which)
+          qdad[which][j] = smem_u32(qds + ((which * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
       }
       auto mma_block = [&](float (&acc)[CB / 8][4], const uint32_t (&af)[4], bool zero,
                            const uint32_t (&bad)[CB / 16]) {
@@ -1416,7 +1413,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
             const int blk = 16 * j2 == roff ? (role_k ? 0 : 1) : 2;
 #pragma unroll
             for (int j = 0; j < CB / 16; ++j)
-              pad[j2][j] = qd_lane(blk, j);
+              pad[j2][j] = smem_u32(qds + ((blk * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
           }
 #pragma unroll
           for (int kk = 0; kk < 2; ++kk) {

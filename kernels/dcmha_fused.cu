@@ -209,11 +209,12 @@ struct Tile {
     return r;
   }
   // SPLIT: the mbarriers (one per key slice and exchange buffer, each completing a phase when the slice's
-  // H * 32 local threads have arrived and the peer's H warps' partial reads have come); every thread of both CTAs must
-  // pass a cluster barrier after this and before the first Compose.
+  // H * 32 local threads have arrived and the peer's H warps' partial reads have come); every thread of
+  // both CTAs must pass a cluster barrier after this and before the first Compose.
   __device__ void init_exchange() const {
     if constexpr (SPLIT) {
-      if (tid < 8) asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mb + 8 * tid), "n"(32 * H) : "memory");
+      if (tid < 8)
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mb + 8 * tid), "n"(32 * H) : "memory");
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
   }
@@ -279,7 +280,7 @@ struct Tile {
   }
 
   // Partial reads of one Compose over this warp's 8 heads, weight rows roff .. roff + I - 1 of the
-  // query-side and key-side weights of `slot` (0: pre, 1: post) -> red[warp][e][lane] = float4 (r*2 + {q, k}).
+  // query-side and key-side weights of `slot` (0: pre, 1: post) -> red[xslot()][e][lane] = float4 (r*2 + {q, k}).
   // Forward Compose reads with a (roff = 0); its transpose reads dY with b (roff = I).
   __device__ void partial_reads(const float (&x)[8][4], int slot, int roff, int rb) const {
     float hp[16];
@@ -1558,9 +1559,10 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 // Timing-only builds (compiled with -DDCF_KERNEL_TIMING_BUILDS=ON): the N16 D64 forward at one CTA
 // per SM (DCF_DCMHA_FUSED_OCC=1), the N16 D64 builds with the key-weight prefetch
 // (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2),
-// the N32 builds as one CTA of 512 threads for all heads, which the head split replaced
-// (DCF_DCMHA_FUSED_N32_ALT=1: see n32_split), and the backward's ablations. The variables are read at every call; setting one in a build without
-// these kernels is an error rather than a silent fallback to the default build.
+// the N32 build that is not the default (one CTA of 512 threads for all heads, or the head split:
+// DCF_DCMHA_FUSED_N32_ALT=1, see n32_split) and the backward's ablations. The variables are read at every
+// call; setting one in a build without these kernels is an error rather than a silent fallback to the
+// default build.
 bool env_on(const char* name) {
   const char* v = std::getenv(name);
   return v && v[0] == '1';

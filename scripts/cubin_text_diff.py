@@ -39,7 +39,8 @@ def main():
     for name, code in sorted(old.items()):
         match = by_bytes.get(code, [])
         same += bool(match)
-        print(f"{'same' if match else 'DIFFERS':8s} {len(code):8d} B  {name[6:]}" + (f"  = {match[0][6:]}" if match and match[0] != name else ""))
+        renamed = f"  = {match[0][6:]}" if match and match[0] != name else ""
+        print(f"{'same' if match else 'DIFFERS':8s} {len(code):8d} B  {name[6:]}{renamed}")
     print(f"{same} of {len(old)} kernels compile to the same bytes")
     return 0 if same == len(old) else 1
 

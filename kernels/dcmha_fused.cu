@@ -536,6 +536,13 @@ __device__ __forceinline__ void scores_staged(float (&x)[8][4], const uint4 (&kf
   }
 }
 
+// The mask of this thread's four cells of key tile kb: okc[e] = ok(kb, e).
+template <class OkFn>
+__device__ __forceinline__ void cell_mask(OkFn& ok, int kb, bool (&okc)[4]) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
+}
+
 // Pass 1 of both kernels: per-head row max and sum of the pre-Composed, masked logits, reduced to
 // st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
 // `part` aliases red. Ends with st written and visible (barrier).
@@ -552,8 +559,7 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
     scores(x, kb);
     tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (kb / kBK) & 1 : 0);  // (a head split alternates)
     bool okc[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
+    cell_mask(ok, kb, okc);
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
@@ -601,8 +607,7 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
 template <int N, class W, int NT, class OkFn>
 __device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N, W, NT>& tl, const float2* st, int kb, OkFn ok) {
   bool okc[4];
-#pragma unroll
-  for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
+  cell_mask(ok, kb, okc);
 #pragma unroll
   for (int h = 0; h < 8; ++h)
 #pragma unroll

@@ -209,15 +209,10 @@ struct Tile {
     return r;
   }
   // SPLIT: the mbarriers (one per key slice and exchange buffer, each completing a phase when the slice's
-  // H * 32 local threads have arrived and the peer's H warps' partial reads have come); every thread of
-  // both CTAs must pass a cluster barrier after this and before the first Compose.
-  __device__ void init_exchange() const {
-    if constexpr (SPLIT) {
-      if (tid < 8)
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mb + 8 * tid), "n"(32 * H) : "memory");
-      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-  }
+  // H * 32 local threads have arrived and the peer's H warps' partial reads have come), then a cluster
+  // barrier, so that both CTAs' mbarriers are initialised before either sends its first partial reads.
+  // Called by every thread of both CTAs before the first Compose.
+  __device__ void init_exchange() const;
 
   // Query-side weights (branches 0 and 2) of rows t0 .. t0 + kBQ - 1 (clamped to T - 1).
   __device__ void stage_query_weights(const bf16* dwb, int q_pos0, int t0, int T) const {
@@ -419,6 +414,22 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 __device__ __forceinline__ void cluster_sync() {
   cluster_arrive();
   cluster_wait();
+}
+
+template <int N, class W, int NT>
+__device__ void Tile<N, W, NT>::init_exchange() const {
+  if constexpr (SPLIT) {
+    if (tid < 8) asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mb + 8 * tid), "n"(32 * H) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    cluster_sync();
+  }
+}
+
+// The first query row of the CTA's tile: tiles in reverse order of blockIdx.x, so that the heaviest (causal)
+// ones start first; with a head split (SPL) the two CTAs of a cluster (consecutive x) share a tile.
+template <bool SPL>
+__device__ __forceinline__ int tile_row0() {
+  return ((SPL ? gridDim.x / 2 : gridDim.x) - 1 - (SPL ? blockIdx.x / 2 : blockIdx.x)) * kBQ;
 }
 
 // The key-tile loop of every pass: key tiles kstart .. khi (step kBK), each with its key-side weights
@@ -681,14 +692,10 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int hoff = SPL ? tl.hs : 0;  // this CTA's first head
   const int b = blockIdx.y;
-  // heaviest (causal) tiles first
-  const int t0 = ((SPL ? gridDim.x / 2 : gridDim.x) - 1 - (SPL ? blockIdx.x / 2 : blockIdx.x)) * kBQ;
+  const int t0 = tile_row0<SPL>();
   const int T = a.T, S = a.S, W = a.window;
   const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
-  if constexpr (SPL) {  // the exchange mbarriers, initialised before the peer's first st.async
-    tl.init_exchange();
-    cluster_sync();
-  }
+  tl.init_exchange();
 
   // ---- stage Q (fragment order) and the query-side weights of branches 0 and 2.
   for (int idx = tid; idx < NL * NC * 64; idx += THREADS) {
@@ -996,11 +1003,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int hoff = SPL ? tl.hs : 0;  // this CTA's first head
   const int b = blockIdx.y;
-  const int t0 = ((SPL ? gridDim.x / 2 : gridDim.x) - 1 - (SPL ? blockIdx.x / 2 : blockIdx.x)) * kBQ;
-  if constexpr (SPL) {  // the exchange mbarriers, initialised before the peer's first st.async
-    tl.init_exchange();
-    cluster_sync();
-  }
+  const int t0 = tile_row0<SPL>();
+  tl.init_exchange();
   const int T = a.T, S = a.S, W = a.window;
   // CL2: the two CTAs of a cluster hold the query rows [pb, pb + 32): cluster rank 1 the first 16, rank 0
   // (blockIdx.x one lower) the next 16 (none if they start past T: the grid is rounded up to even). The
@@ -1153,10 +1157,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
     __syncthreads();
     for (int idx = tid; idx < NL * kBQ; idx += THREADS)
       dl[idx] = part[idx] + part[NL * kBQ + idx] + part[2 * NL * kBQ + idx] + part[3 * NL * kBQ + idx];
-    if constexpr (SPL) {
-      __syncthreads();
-      cluster_sync();  // exchange buffer 0 (part) free in both CTAs
-    }
+    if constexpr (SPL) cluster_sync();  // exchange buffer 0 (part) free in both CTAs
   }
 
   // ---- pass C: all gradients.

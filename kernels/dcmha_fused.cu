@@ -38,7 +38,7 @@
 // The N32 builds: 1 = the head split over 2-CTA clusters (SPL) is the default and the one-CTA build of
 // 512 threads a timing-only build; 0 = the reverse (see n32_split).
 #ifndef DCF_N32_SPLIT_DEFAULT
-#define DCF_N32_SPLIT_DEFAULT 0
+#define DCF_N32_SPLIT_DEFAULT 1
 #endif
 
 namespace dcf::cuda {

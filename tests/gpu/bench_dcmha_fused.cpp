@@ -3,11 +3,12 @@
 // shapes, in one run, with CUDA events (warm-up, median of repeats). Sets DCF_DCMHA_IMPL=v1 so
 // dcmha_forward/backward are the v1 path. Prints two tables: times with the ratios, and the peak device
 // memory of one fused fwd+bwd beyond its inputs at T = 2048, 8192, 32768.
-// Usage: bench_dcmha_fused [reps] [--fwd-only | --profile]
-// --profile: one fused forward and one backward of the first shape (B8 T2048 N16 D64 causal), nothing
-// else, as the target of a profiler. The one-CTA forward, the backward's ablations, the N16 D64 one-CTA
-// backward the 2-CTA cluster build replaced, the other N32 builds (head split or one CTA) and the
-// prefetch builds are timed where the kernels were built with -DDCF_KERNEL_TIMING_BUILDS=ON.
+// Usage: bench_dcmha_fused [reps] [--fwd-only | --profile [shape]]
+// --profile: one fused forward and one backward of one shape (shape: its row in the table, from 0; by
+// default 0, B8 T2048 N16 D64 causal), nothing else, as the target of a profiler. The one-CTA forward,
+// the backward's ablations, the N16 D64 one-CTA backward the 2-CTA cluster build replaced, the other
+// N32 build (head split or one CTA) and the prefetch builds are timed where the kernels were built with
+// -DDCF_KERNEL_TIMING_BUILDS=ON.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -37,6 +38,8 @@ int main(int argc, char** argv) {
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
     const bool fwd_only = argc > 2 && std::string(argv[2]) == "--fwd-only";
     const bool profile = argc > 2 && std::string(argv[2]) == "--profile";
+    const int profile_shape = profile && argc > 3 ? std::atoi(argv[3]) : 0;
+    int shape_index = -1;
     const bool timing = cuda::dcmha_fused_timing_builds();  // -DDCF_KERNEL_TIMING_BUILDS=ON
     struct Sh {
       int64_t B, T, N, D, W;
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
     // B4 N16 D128: the CTA count and per-CTA work of B2 N32 D128 with its heads split over two CTAs.
     for (const Sh& c : {Sh{8, 2048, 16, 64, 0}, Sh{8, 2048, 16, 64, 256}, Sh{2, 2048, 32, 128, 0},
                         Sh{2, 2048, 32, 128, 256}, Sh{4, 2048, 16, 128, 0}, Sh{1, 8192, 16, 64, 0}}) {
+      if (++shape_index != profile_shape && profile) continue;
       DcmhaShape sh{.B = c.B, .T = c.T, .S = c.T, .N = c.N, .D = c.D, .I = 2, .window = c.W, .compose = true,
                     .chunk = 256};
       Tensor q = random_gpu({c.B, c.T, c.N, c.D}, 0.2, 5), k = random_gpu({c.B, c.T, c.N, c.D}, 1, 6),

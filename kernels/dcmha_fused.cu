@@ -40,6 +40,11 @@
 #ifndef DCF_N32_SPLIT_DEFAULT
 #define DCF_N32_SPLIT_DEFAULT 1
 #endif
+// The head split's exchange wait: 0 = acquire at cluster scope (measured), 1 = at CTA scope (see
+// Tile::exchange_sync).
+#ifndef DCF_SPLIT_ACQUIRE_CTA
+#define DCF_SPLIT_ACQUIRE_CTA 0
+#endif
 
 namespace dcf::cuda {
 namespace {
@@ -329,11 +334,21 @@ struct Tile {
                      : "=l"(state) : "r"(bar), "n"(XBYTES) : "memory");
       else
         asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 %0, [%1];\n" : "=l"(state) : "r"(bar) : "memory");
+      // The cluster-scope acquire compiles to an L1 invalidation after every wait (CCTL.IVALL), which
+      // costs the K/V fragment loads their L1 hits; DCF_SPLIT_ACQUIRE_CTA acquires at CTA scope instead
+      // (the local partial reads are released at that scope, the peer's st.async bytes are visible once
+      // the phase completes), not yet run on a GPU and therefore off.
       uint32_t done = 0;
       while (!done)
+#if DCF_SPLIT_ACQUIRE_CTA
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "l"(state) : "memory");
+#else
         asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
                      " selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "l"(state) : "memory");
+#endif
     }
   }
   // Sum of the partial reads over the head-warps of this key slice (after a barrier).

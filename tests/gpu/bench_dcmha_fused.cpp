@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -32,23 +33,34 @@ double time_ms(const std::function<void()>& fn, int reps) { return bench::time_m
 
 int main(int argc, char** argv) {
   setenv("DCF_DCMHA_IMPL", "v1", 1);
+  const bool profile = argc > 2 && std::string(argv[2]) == "--profile";
+  struct Sh {
+    int64_t B, T, N, D, W;
+  };
+  // B4 N16 D128: the CTA count and per-CTA work of B2 N32 D128 with its heads split over two CTAs.
+  const Sh shapes[] = {Sh{8, 2048, 16, 64, 0},    Sh{8, 2048, 16, 64, 256}, Sh{2, 2048, 32, 128, 0},
+                       Sh{2, 2048, 32, 128, 256}, Sh{4, 2048, 16, 128, 0}, Sh{1, 8192, 16, 64, 0}};
+  const long n_shapes = long(std::size(shapes));
+  // The shape to profile: a row index of shapes (decimal digits only).
+  long profile_shape = 0;
+  if (profile && argc > 3) {
+    char* end = nullptr;
+    profile_shape = std::strtol(argv[3], &end, 10);
+    if (end == argv[3] || *end != '\0' || profile_shape < 0 || profile_shape >= n_shapes) {
+      std::fprintf(stderr, "bench_dcmha_fused: --profile shape must be 0..%ld, got '%s'\n", n_shapes - 1, argv[3]);
+      return 2;
+    }
+  }
   try {
     if (!bench::gpu_ready()) return 0;
     std::string why;
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
     const bool fwd_only = argc > 2 && std::string(argv[2]) == "--fwd-only";
-    const bool profile = argc > 2 && std::string(argv[2]) == "--profile";
-    const int profile_shape = profile && argc > 3 ? std::atoi(argv[3]) : 0;
-    int shape_index = -1;
+    long shape_index = -1;
     const bool timing = cuda::dcmha_fused_timing_builds();  // -DDCF_KERNEL_TIMING_BUILDS=ON
-    struct Sh {
-      int64_t B, T, N, D, W;
-    };
     std::printf("%-24s %8s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n", "shape (causal, bf16)", "fused_f", "occ1_f",
                 "fused_b", "fused_fb", "v1_f", "v1_fb", "cudnn_f", "cudnn_fb", "fusedTF", "v1/fu_fb", "fu/cuD_fb");
-    // B4 N16 D128: the CTA count and per-CTA work of B2 N32 D128 with its heads split over two CTAs.
-    for (const Sh& c : {Sh{8, 2048, 16, 64, 0}, Sh{8, 2048, 16, 64, 256}, Sh{2, 2048, 32, 128, 0},
-                        Sh{2, 2048, 32, 128, 256}, Sh{4, 2048, 16, 128, 0}, Sh{1, 8192, 16, 64, 0}}) {
+    for (const Sh& c : shapes) {
       if (++shape_index != profile_shape && profile) continue;
       DcmhaShape sh{.B = c.B, .T = c.T, .S = c.T, .N = c.N, .D = c.D, .I = 2, .window = c.W, .compose = true,
                     .chunk = 256};

@@ -45,6 +45,11 @@
 #ifndef DCF_SPLIT_ACQUIRE_CTA
 #define DCF_SPLIT_ACQUIRE_CTA 0
 #endif
+#if DCF_SPLIT_ACQUIRE_CTA
+#define DCF_SPLIT_WAIT_SEM ""  // the default: .acquire.cta
+#else
+#define DCF_SPLIT_WAIT_SEM ".acquire.cluster"
+#endif
 
 namespace dcf::cuda {
 namespace {
@@ -340,15 +345,9 @@ struct Tile {
       // the phase completes), not yet run on a GPU and therefore off.
       uint32_t done = 0;
       while (!done)
-#if DCF_SPLIT_ACQUIRE_CTA
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.shared::cta.b64 p, [%1], %2;\n"
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait" DCF_SPLIT_WAIT_SEM ".shared::cta.b64 p, [%1], %2;\n"
                      " selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "l"(state) : "memory");
-#else
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(bar), "l"(state) : "memory");
-#endif
     }
   }
   // Sum of the partial reads over the head-warps of this key slice (after a barrier).
@@ -705,7 +704,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
                    reinterpret_cast<float*>(smem + (C::DBL ? C::OFF_RED2 : C::OFF_RED)), smem + C::OFF_MB);
   WT* kw2 = C::DBL ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
-  const int hoff = SPL ? tl.hs : 0;  // this CTA's first head
+  const int hoff = tl.hs;  // this CTA's first head (0 without a head split)
   const int b = blockIdx.y;
   const int t0 = tile_row0<SPL>();
   const int T = a.T, S = a.S, W = a.window;
@@ -1016,7 +1015,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
   float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);                   // [NL][kBQ] (m, 1/l)
   float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + NL * kBQ * 8);     // [NL][kBQ] Delta
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
-  const int hoff = SPL ? tl.hs : 0;  // this CTA's first head
+  const int hoff = tl.hs;  // this CTA's first head (0 without a head split)
   const int b = blockIdx.y;
   const int t0 = tile_row0<SPL>();
   tl.init_exchange();
@@ -1557,8 +1556,9 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 }
 
 
-// The prefetch costs registers: N = 32 (512 threads capped at 128) spills twice as much with it (about
-// 4 KB instead of 2), so it is on for N = 16 only; at N16 D64 its buffer makes room for the staged Q and dO.
+// The prefetch costs registers: the one-CTA N = 32 build (512 threads capped at 128) spills twice as much
+// with it (about 4 KB instead of 2), so it is off there. It is on by default for N16 D128 (N16 D64 uses
+// that shared memory for its staged Q and dO instead), and the N32 head split (N16 CTAs) turns it on.
 template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false, bool SPL = false>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
   using C = BwdCfg<N, D, PF, CL2, SPL>;

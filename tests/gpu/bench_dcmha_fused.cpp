@@ -3,7 +3,8 @@
 // shapes, in one run, with CUDA events (warm-up, median of repeats). Sets DCF_DCMHA_IMPL=v1 so
 // dcmha_forward/backward are the v1 path. Prints two tables: times with the ratios, and the peak device
 // memory of one fused fwd+bwd beyond its inputs at T = 2048, 8192, 32768.
-// Usage: bench_dcmha_fused [reps] [--fwd-only | --profile [shape]]
+// Usage: bench_dcmha_fused [reps] [--fwd-only | --no-v1 | --profile [shape]]
+// --no-v1: the v1 columns are left out (NaN), which makes a run several times shorter.
 // --profile: one fused forward and one backward of one shape (shape: its row in the table, from 0; by
 // default 0, B8 T2048 N16 D64 causal), nothing else, as the target of a profiler. The one-CTA forward,
 // the backward's ablations, the N16 D64 one-CTA backward the 2-CTA cluster build replaced, the other
@@ -33,7 +34,13 @@ double time_ms(const std::function<void()>& fn, int reps) { return bench::time_m
 
 int main(int argc, char** argv) {
   setenv("DCF_DCMHA_IMPL", "v1", 1);
-  const bool profile = argc > 2 && std::string(argv[2]) == "--profile";
+  const std::string opt = argc > 2 ? argv[2] : "";
+  if (!opt.empty() && opt != "--profile" && opt != "--fwd-only" && opt != "--no-v1") {
+    std::fprintf(stderr, "bench_dcmha_fused: unknown option '%s' (--fwd-only, --no-v1 or --profile [shape])\n",
+                 opt.c_str());
+    return 2;
+  }
+  const bool profile = opt == "--profile";
   struct Sh {
     int64_t B, T, N, D, W;
   };
@@ -55,7 +62,7 @@ int main(int argc, char** argv) {
     if (!bench::gpu_ready()) return 0;
     std::string why;
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
-    const bool fwd_only = argc > 2 && std::string(argv[2]) == "--fwd-only";
+    const bool fwd_only = opt == "--fwd-only", no_v1 = opt == "--no-v1";
     long shape_index = -1;
     const bool timing = cuda::dcmha_fused_timing_builds();  // -DDCF_KERNEL_TIMING_BUILDS=ON
     std::printf("%-24s %8s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n", "shape (causal, bf16)", "fused_f", "occ1_f",
@@ -95,8 +102,8 @@ int main(int argc, char** argv) {
         cuda::dcmha_fused_forward(shs, q.raw(), k.raw(), v.raw(), dw.raw(), o.raw(), cuda::current_stream());
         cuda::dcmha_fused_backward(shs, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream());
       }, reps);
-      double v1 = c.T <= 2048 ? time_ms([&] { dcmha_forward(sh, q, k, v, dw, o); }, 5) : NAN;
-      double v1_fb = c.T <= 2048 && !fwd_only ? time_ms([&] {
+      double v1 = c.T <= 2048 && !no_v1 ? time_ms([&] { dcmha_forward(sh, q, k, v, dw, o); }, 5) : NAN;
+      double v1_fb = c.T <= 2048 && !fwd_only && !no_v1 ? time_ms([&] {
         dcmha_forward(sh, q, k, v, dw, o);
         dcmha_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw);
       }, 3) : NAN;

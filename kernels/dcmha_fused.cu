@@ -23,6 +23,8 @@
 //   final O store 16 bytes wide too). Masked key tiles are never visited (causal and local window).
 #include "kernels/dcmha_fused.h"
 
+#include <cuda.h>  // CUtensorMap (the driver's encoder is reached through the runtime, see encode_ws_map)
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -40,10 +42,31 @@
 #ifndef DCF_N32_SPLIT_DEFAULT
 #define DCF_N32_SPLIT_DEFAULT 1
 #endif
-// The head split's exchange wait: 0 = acquire at cluster scope (measured), 1 = at CTA scope (see
-// Tile::exchange_sync).
+// The head split's exchange wait: 0 = acquire at cluster scope (the default), 1 = at CTA scope (see
+// Tile::exchange_sync; measured correct, backward 1-2 % faster, within the spread between runs).
 #ifndef DCF_SPLIT_ACQUIRE_CTA
 #define DCF_SPLIT_ACQUIRE_CTA 0
+#endif
+// The backward's tensor-core stage where Q and dO are not staged for the CTA (every build but N16 D64):
+// 1 (measured faster, the default) = its operand blocks come in by cp.async into two per-warp buffers, the
+// next block's copy in flight while the current one is multiplied; 0 = one buffer, each block loaded and
+// stored synchronously.
+#ifndef DCF_BWD_B_ASYNC
+#define DCF_BWD_B_ASYNC 1
+#endif
+// With DCF_BWD_B_ASYNC: 1 = those copies go through L1 (cp.async.ca; Q and dO are re-read every key
+// tile), 0 (the default; 1 measured no different) = L2 only (cp.async.cg).
+#ifndef DCF_BWD_B_ASYNC_L1
+#define DCF_BWD_B_ASYNC_L1 0
+#endif
+// The backward's dQ/dK/dV reductions: per row of a 16 x CB output block (cp.reduce.async.bulk from 16
+// lanes, which compiles to a loop over the lanes), or per 16 x 32 box from one lane (bulk-tensor
+// reductions, cp.reduce.async.bulk.tensor through a tensor map per workspace; the output blocks dense and
+// 128-byte swizzled as the maps describe them). 0 = per row everywhere; 1 (the default) = per box in the
+// N16 D64 builds that stage Q and dO (measured 6 % faster there); 2 = also in N16 D128 and the N32 head
+// split (measured 1-5 % slower there: their spills grow).
+#ifndef DCF_BWD_TMA_RED
+#define DCF_BWD_TMA_RED 1
 #endif
 #if DCF_SPLIT_ACQUIRE_CTA
 #define DCF_SPLIT_WAIT_SEM ""  // the default: .acquire.cta
@@ -119,6 +142,12 @@ __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr) {
 // 16 bytes global -> shared without a register round trip; zero-filled (nothing read) when !valid.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
+               "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+// The same through L1 (cp.async.ca): for blocks re-read by the same CTA.
+__device__ __forceinline__ void cp_async16_l1(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
                "l"(src), "r"(valid ? 16 : 0)
                : "memory");
 }
@@ -342,7 +371,8 @@ struct Tile {
       // The cluster-scope acquire compiles to an L1 invalidation after every wait (CCTL.IVALL), which
       // costs the K/V fragment loads their L1 hits; DCF_SPLIT_ACQUIRE_CTA acquires at CTA scope instead
       // (the local partial reads are released at that scope, the peer's st.async bytes are visible once
-      // the phase completes), not yet run on a GPU and therefore off.
+      // the phase completes). Measured: correct, and the L1 was not what held the split back (backward
+      // 1-2 %, within the spread between runs), so the default keeps the cluster-scope acquire.
       uint32_t done = 0;
       while (!done)
         asm volatile("{\n .reg .pred p;\n mbarrier.try_wait" DCF_SPLIT_WAIT_SEM ".shared::cta.b64 p, [%1], %2;\n"
@@ -855,6 +885,12 @@ struct BwdArgs {
   float *dq, *dk, *dv, *kws;  // fp32 workspaces, zeroed: [B,T,N,D], [B,S,N,D] x 2, [B,S,2,5,N]
   int T, S, q_pos0, window;
 };
+// The tensor maps of the bulk-tensor reductions (BwdCfg::TR): dq, dk, dv as [B][rows][N][D] fp32, boxes of
+// 16 rows x 1 head x 32 d, 128-byte swizzle. A kernel parameter of its own (__grid_constant__, as the
+// reductions address it), so that the builds without them compile as before.
+struct BwdMaps {
+  CUtensorMap tm[3];
+};
 
 // CL2: the 2-CTA cluster build (N16 D64, see above). Its P'/dA region is one [N][2 kBQ][PS] block (the
 // pair's dA on rank 0, the pair's P' on rank 1: the size of the one-CTA build's two [N][kBQ][PS] blocks),
@@ -888,8 +924,15 @@ struct BwdCfg {
   // those are not staged for the CTA), then one or two f32 16 x CB output blocks (row stride SF; two: a
   // block's bulk reduction may still be reading one while the next block is written to the other). The
   // paddings make ldmatrix and the fragment stores bank-conflict free.
-  static constexpr int SB = CB + 8, SF = CB + 4;
+  // TR (DCF_BWD_TMA_RED): the output blocks are dense (SF = CB) boxes of 16 x 32 fp32, 128-byte swizzled
+  // (sw_off), each warp's scratch 1024-byte aligned with its output blocks first. Never in the one-CTA
+  // N32 build (16 warps: the alignment's padding does not fit).
+  static constexpr bool TR = (DCF_BWD_TMA_RED >= 1 && QD_SMEM) || (DCF_BWD_TMA_RED >= 2 && (SPL || N == 16));
+  static constexpr int SB = CB + 8, SF = TR ? CB : CB + 4;
   static constexpr int SCR_B = QD_SMEM ? 0 : 16 * SB * 2, SCR_F = 16 * SF * 4;
+  // BA (DCF_BWD_B_ASYNC): two operand blocks per warp, filled by cp.async one block ahead.
+  static constexpr bool BA = DCF_BWD_B_ASYNC && !QD_SMEM;
+  static constexpr int NB = BA ? 2 : 1;
   static constexpr int OFF_QW = 0;
   static constexpr int OFF_KW = OFF_QW + QW_BYTES;
   static constexpr int OFF_KW2 = OFF_KW + KW_BYTES;  // second key-weight buffer (prefetch), PF only
@@ -898,11 +941,14 @@ struct BwdCfg {
   static_assert(!CL2 || QD_SMEM, "the cluster build is N16 D64's (it stages Q and dO)");
   static constexpr int QD_BYTES = QD_SMEM ? (CL2 ? 3 : 2) * N * kBQ * D * 2 : 0;
   static constexpr int OFF_PP = OFF_RED + Tl::RED_BYTES;
-  static constexpr int OFF_SCR = OFF_PP + 2 * PT_BYTES;
+  static constexpr int ru(int x) { return TR ? (x + 1023) / 1024 * 1024 : x; }
+  static constexpr int OFF_SCR = ru(OFF_PP + 2 * PT_BYTES);
   static constexpr int ST_BYTES = NL * kBQ * 12;
-  static constexpr int BASE = OFF_SCR + NW * (SCR_B + SCR_F) + ST_BYTES + QD_BYTES;
-  static constexpr bool DBL_SCR = BASE + NW * SCR_F <= 227 * 1024;
-  static constexpr int SCR_WARP = SCR_B + (DBL_SCR ? 2 : 1) * SCR_F;
+  // Two output blocks per warp where they fit.
+  static constexpr bool DBL_SCR = OFF_SCR + NW * ru(NB * SCR_B + 2 * SCR_F) + ST_BYTES + QD_BYTES <= 227 * 1024;
+  static constexpr int SCR_WARP = ru(NB * SCR_B + (DBL_SCR ? 2 : 1) * SCR_F);
+  // Within a warp's scratch: the operand blocks and the output blocks (TR: output blocks first).
+  static constexpr int OFF_WB = TR ? (DBL_SCR ? 2 : 1) * SCR_F : 0, OFF_WF = TR ? 0 : NB * SCR_B;
   static_assert(SCR_B % 128 == 0 && SCR_WARP % 128 == 0, "scratch alignment");
   // The second Compose exchange buffer aliases the tensor-core scratch: the Composes of a tile and its
   // tensor-core stage are separated by barriers, and the stage's bulk reads finish before the tile ends.
@@ -914,7 +960,16 @@ struct BwdCfg {
   static_assert(SMEM <= 227 * 1024, "backward shared memory");
   static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0 && OFF_QD % 128 == 0,
                 "operand alignment");
+  static_assert(!TR || (OFF_SCR % 1024 == 0 && SCR_WARP % 1024 == 0 && SCR_F % 1024 == 0 && CB % 32 == 0),
+                "swizzled output boxes");
 };
+
+// TR output blocks (BwdCfg): the float index of (row r, column col) in a block of 16 x 32 fp32 boxes, each
+// 128-byte swizzled as the tensor maps' CU_TENSOR_MAP_SWIZZLE_128B reads it (16-byte chunk k of row r at
+// chunk k ^ (r & 7)). Fragment stores into it are bank-conflict free as with the padded rows.
+__device__ __forceinline__ int sw_off(int r, int col) {
+  return (col >> 5) * 512 + r * 32 + ((((col >> 2) & 7) ^ (r & 7)) << 2) + (col & 3);
+}
 
 // Reduce-scatter over the lanes lane ^ mask: of M values, the lane keeps half `bit` (0: first M/2, 1:
 // second), summed with its partner's copy.
@@ -990,12 +1045,53 @@ __device__ __forceinline__ void compose_grads(const Tile<N, W, NT>& tl, const fl
   }
 }
 
+// BwdCfg::BA: the tensor-core stage's operand blocks by cp.async, in the stage's order: per head (it) and
+// column block cb, K rows kb and kb + 16 (dQ), Q rows t0 (dK), dO rows t0 (dV). Block i of the tile goes
+// to the warp's buffer i & 1 ([16][SB] bf16 each, rows past S or T zeroed).
+struct OpBlocks {
+  const bf16 *k, *q, *dout;  // the batch element's [rows][N][D]
+  bf16* buf;                 // the warp's two buffers
+  int kb, t0, S, T, head0;   // head0: this warp's first head (2 warp + the CTA's first head)
+};
+template <int N, int D, int CB, int SB>
+__device__ __forceinline__ void issue_op_block(const OpBlocks& o, int i, int lane) {
+  constexpr int PER = 4 * (D / CB), PR = CB / 8;
+  const int it = i / PER, cb = (i / 4) % (D / CB) * CB, s = i % 4, n = o.head0 + (it & 1);
+  const bf16* base = s < 2 ? o.k : s == 2 ? o.q : o.dout;
+  const int row0 = s < 2 ? o.kb + 16 * s : o.t0, nrows = s < 2 ? o.S : o.T;
+  bf16* dst = o.buf + (i & 1) * 16 * SB;
+#pragma unroll
+  for (int j = 0; j < 16 * PR / 32; ++j) {
+    const int e = lane + 32 * j, r = e / PR, p = e % PR;
+    const bool ok = row0 + r < nrows;
+    const bf16* src = base + (int64_t(ok ? row0 + r : 0) * N + n) * D + cb + 8 * p;
+    if constexpr (DCF_BWD_B_ASYNC_L1) cp_async16_l1(dst + r * SB + 8 * p, src, ok);
+    else cp_async16(dst + r * SB + 8 * p, src, ok);
+  }
+  cp_async_commit();
+}
+// Block i's turn: issues block i + 1 (its buffer's last reader, block i - 1's ldmatrix, is behind the
+// __syncwarp) and waits for block i; the last block (i + 1 == nblk) leaves no copy in flight. Returns the
+// byte offset of block i's buffer.
+template <int N, int D, int CB, int SB>
+__device__ __forceinline__ uint32_t take_op_block(const OpBlocks& o, int i, int nblk, int lane) {
+  __syncwarp();
+  if (i + 1 < nblk) {
+    issue_op_block<N, D, CB, SB>(o, i + 1, lane);
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  } else {
+    cp_async_wait_all();
+  }
+  __syncwarp();
+  return (i & 1) * 32 * SB;
+}
+
 // PF: the key-side weights of the next tile are prefetched (cp.async) into a second buffer.
 // SPL: the N32 builds as clusters of two CTAs over the same 16 query rows, each for 16 of the 32 heads
 // (cluster rank r: heads 16 r .. 16 r + 15) and otherwise the N16 kernel: the Composes' per-cell reads
 // are exchanged through distributed shared memory (Tile), the rest is per head.
 template <int N, int D, int PROF, bool PF, bool CL2 = false, bool SPL = false>
-__global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a) {
+__global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a, const __grid_constant__ BwdMaps maps) {
   using C = BwdCfg<N, D, PF, CL2, SPL>;
   using Tl = typename C::Tl;
   using WT = typename C::WT;
@@ -1010,8 +1106,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
   WT* kw2 = PF ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
   bf16* Pp = reinterpret_cast<bf16*>(smem + C::OFF_PP);  // [NL][kBQ][PS] P' of the tile
   bf16* dAs = Pp + NL * kBQ * PS;                         // [NL][kBQ][PS] dA of the tile
-  bf16* scr_b = reinterpret_cast<bf16*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP);
-  float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + C::SCR_B);
+  bf16* scr_b = reinterpret_cast<bf16*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + C::OFF_WB);
+  float* scr_f = reinterpret_cast<float*>(smem + C::OFF_SCR + tl.warp * C::SCR_WARP + C::OFF_WF);
   float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);                   // [NL][kBQ] (m, 1/l)
   float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + NL * kBQ * 8);     // [NL][kBQ] Delta
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
@@ -1179,8 +1275,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
 #pragma unroll
   for (int i = 0; i < 20; ++i) qacc[0][i] = qacc[1][i] = 0.f;
   constexpr int CB = C::CB, SB = C::SB, SF = C::SF;
-  // B operand block of the dK/dV matmuls (without QD_SMEM): rows [row0, row0 + 16) x columns [d0, d0 + CB)
-  // of head n of a [rows][N][D] tensor -> scr_b [16][SB] (16-byte loads, rows past nrows zeroed).
+  // B operand block of the dK/dV matmuls (without QD_SMEM or BA): rows [row0, row0 + 16) x columns
+  // [d0, d0 + CB) of head n of a [rows][N][D] tensor -> scr_b [16][SB] (16-byte loads, rows past nrows
+  // zeroed). BA builds fill the same blocks with cp.async one block ahead (take_op_block).
   auto stage_b = [&](const bf16* base, int row0, int nrows, int n, int d0) {
     constexpr int PR = CB / 8;  // 16-byte pieces per row
     uint4 val[16 * PR / 32];
@@ -1202,7 +1299,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
   // issued from it (one flush ago with one block, two with two) has finished reading it, so that the wait
   // comes after the matmuls of the next block; flush() adds it to rows
   // [row0, row0 + 16) (those < nrows), columns [d0, d0 + CB) of head n of the workspace: one bulk
-  // asynchronous reduction (TMA) of 4 CB bytes per row, issued by lanes 0-15. Every lane commits a
+  // asynchronous reduction (TMA) of 4 CB bytes per row, issued by lanes 0-15, or with TR one bulk-tensor
+  // reduction per 16 x 32 box from lane 0 (workspace m of maps: 0 dq, 1 dk, 2 dv). Every lane commits a
   // (possibly empty) group per flush, so the group counts agree across the warp.
   int ob = 0;
   auto out_block = [&]() -> float* {
@@ -1211,10 +1309,21 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
     __syncwarp();
     return scr_f + ob * 16 * SF;
   };
-  auto flush = [&](float* ws, int row0, int nrows, int n, int d0) {
+  auto flush = [&]([[maybe_unused]] float* ws, int row0, [[maybe_unused]] int nrows, int n, int d0,
+                   [[maybe_unused]] int m) {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
-    if (!(PROF & 4) && lane < 16 && row0 + lane < nrows) {
+    if constexpr (C::TR) {
+      // One lane, one bulk-tensor reduction per 16 x 32 box (rows past the workspace's end are clipped).
+      if (!(PROF & 4) && lane == 0) {
+#pragma unroll
+        for (int bx = 0; bx < CB / 32; ++bx)
+          asm volatile("cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group"
+                       " [%0, {%1, %2, %3, %4}], [%5];\n"
+                       :: "l"(reinterpret_cast<uint64_t>(&maps.tm[m])), "r"(d0 + 32 * bx), "r"(hoff + n), "r"(row0),
+                          "r"(b), "r"(smem_u32(scr_f + ob * 16 * SF + bx * 512)) : "memory");
+      }
+    } else if (!(PROF & 4) && lane < 16 && row0 + lane < nrows) {
       float* dst = ws + (int64_t(row0 + lane) * N + hoff + n) * D + d0;
       const uint32_t src = uint32_t(__cvta_generic_to_shared(scr_f + ob * 16 * SF + lane * SF));
       asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
@@ -1321,6 +1430,12 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
     const int nit = (PROF & 1) ? 0 : CL2 ? 4 : 2;
     if constexpr (CL2)
       if (nit == 0) cluster_wait();
+    // BA: the operand blocks of the stage, 4 (D / CB) per head; block 0 is issued here, each next one
+    // when its predecessor's turn comes.
+    const int nblk = nit * 4 * (D / CB);
+    int bi = 0;
+    if constexpr (C::BA)
+      if (nblk > 0) issue_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, 0, lane);
 #pragma unroll 1
     for (int it = 0; it < nit; ++it) {
       if (CL2 && it == 2) cluster_wait();  // (B)
@@ -1340,8 +1455,13 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
       auto store_out = [&](float* out, const float (&acc)[CB / 8][4]) {
 #pragma unroll
         for (int j = 0; j < CB / 8; ++j) {
-          *reinterpret_cast<float2*>(out + g * SF + 8 * j + 2 * c) = make_float2(acc[j][0], acc[j][1]);
-          *reinterpret_cast<float2*>(out + (g + 8) * SF + 8 * j + 2 * c) = make_float2(acc[j][2], acc[j][3]);
+          if constexpr (C::TR) {
+            *reinterpret_cast<float2*>(out + sw_off(g, 8 * j + 2 * c)) = make_float2(acc[j][0], acc[j][1]);
+            *reinterpret_cast<float2*>(out + sw_off(g + 8, 8 * j + 2 * c)) = make_float2(acc[j][2], acc[j][3]);
+          } else {
+            *reinterpret_cast<float2*>(out + g * SF + 8 * j + 2 * c) = make_float2(acc[j][0], acc[j][1]);
+            *reinterpret_cast<float2*>(out + (g + 8) * SF + 8 * j + 2 * c) = make_float2(acc[j][2], acc[j][3]);
+          }
         }
       };
       // The same for dQ's permuted columns (see below): row g holds columns 32 j + 8 c .. + 7 of tiles
@@ -1352,10 +1472,15 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
 #pragma unroll
           for (int ri = 0; ri < 2; ++ri) {
             float4* p = reinterpret_cast<float4*>(out + (g + 8 * ri) * SF + 32 * j + 8 * c);
-            p[0] = make_float4(acc[4 * j][2 * ri], acc[4 * j][2 * ri + 1], acc[4 * j + 1][2 * ri],
-                               acc[4 * j + 1][2 * ri + 1]);
-            p[1] = make_float4(acc[4 * j + 2][2 * ri], acc[4 * j + 2][2 * ri + 1], acc[4 * j + 3][2 * ri],
-                               acc[4 * j + 3][2 * ri + 1]);
+            float4* p1 = p + 1;
+            if constexpr (C::TR) {
+              p = reinterpret_cast<float4*>(out + sw_off(g + 8 * ri, 32 * j + 8 * c));
+              p1 = reinterpret_cast<float4*>(out + sw_off(g + 8 * ri, 32 * j + 8 * c + 4));
+            }
+            *p = make_float4(acc[4 * j][2 * ri], acc[4 * j][2 * ri + 1], acc[4 * j + 1][2 * ri],
+                             acc[4 * j + 1][2 * ri + 1]);
+            *p1 = make_float4(acc[4 * j + 2][2 * ri], acc[4 * j + 2][2 * ri + 1], acc[4 * j + 3][2 * ri],
+                              acc[4 * j + 3][2 * ri + 1]);
           }
       };
       // acc (16 x CB) += A fragment af (16 x 16) times a 16 x CB operand block in shared memory, whose
@@ -1391,7 +1516,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
           // B fragments of K come straight from L2 as in the forward's P'V: 16-byte loads of 8 consecutive d
           // of one key, transposed by movmatrix; n8 tile 4 j + jj then holds the columns
           // cb + 32 j + 8 q + 2 jj + {0, 1} (q = 0..3), put back in place by store_q. Keys past S are
-          // clamped (their dA is 0). Otherwise K is staged in 16 x CB blocks (stage_b).
+          // clamped (their dA is 0). Otherwise K is staged in 16 x CB blocks (take_op_block or stage_b).
 #pragma unroll
           for (int j = 0; j < CB / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
@@ -1413,6 +1538,12 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
                   mma_bf16(acc[4 * j + jj], af[0], af[1], af[2], af[3], mov_trans(comp(va, jj)),
                            mov_trans(comp(vc, jj)));
               }
+            } else if constexpr (C::BA) {
+              const uint32_t off = take_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, bi++, nblk, lane);
+              uint32_t bad[CB / 16];
+#pragma unroll
+              for (int j = 0; j < CB / 16; ++j) bad[j] = sbad[j] + off;
+              mma_block(acc, af, false, bad);
             } else {
               stage_b(kb_, kb + 16 * kk, S, n, cb);
               mma_block(acc, af, false, sbad);
@@ -1420,7 +1551,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
           }
           if constexpr (C::QD_SMEM) store_q(out_block(), acc);
           else store_out(out_block(), acc);
-          flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb);
+          flush(a.dq + int64_t(b) * T * N * D, t0, T, n, cb, 0);
         }
         if (!part_kv) continue;
         if constexpr (CL2) {
@@ -1445,22 +1576,30 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
               mma_block(acc, af, j2 == 0, pad[j2]);
             }
             store_out(out_block(), acc);
-            flush(ws, kb + 16 * kk, S, n, cb);
+            flush(ws, kb + 16 * kk, S, n, cb, role_k ? 1 : 2);
           }
         } else {
           // dK[kb + 16 kk.., n, cb..] += dA^T (16 x 16) Q (16 x CB); then dV += P'^T dO likewise.
 #pragma unroll 1
           for (int which = 0; which < 2; ++which) {
-            if constexpr (!C::QD_SMEM) stage_b(which ? dob : qb, t0, T, n, cb);
+            [[maybe_unused]] uint32_t bad[CB / 16];
+            if constexpr (C::BA) {
+              const uint32_t off = take_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, bi++, nblk, lane);
+#pragma unroll
+              for (int j = 0; j < CB / 16; ++j) bad[j] = sbad[j] + off;
+            } else if constexpr (!C::QD_SMEM) {
+              stage_b(which ? dob : qb, t0, T, n, cb);
+            }
             const bf16* src = which ? Ppn : dAn;
             float* ws = (which ? a.dv : a.dk) + int64_t(b) * S * N * D;
 #pragma unroll
             for (int kk = 0; kk < 2; ++kk) {
               uint32_t af[4];
               ldsm4t(af, smem_u32(src + tr * PS + 16 * kk + tc));
-              mma_block(acc, af, true, C::QD_SMEM ? qdad[which] : sbad);
+              if constexpr (C::BA) mma_block(acc, af, true, bad);
+              else mma_block(acc, af, true, C::QD_SMEM ? qdad[which] : sbad);
               store_out(out_block(), acc);
-              flush(ws, kb + 16 * kk, S, n, cb);
+              flush(ws, kb + 16 * kk, S, n, cb, 1 + which);
             }
           }
         }
@@ -1521,8 +1660,8 @@ __global__ void add_key_grads_kernel(const float* __restrict__ kws, bf16* __rest
 }
 
 // A kernel launch in clusters of two CTAs along x.
-template <class Kern, class Args>
-void launch_cluster2(Kern kern, dim3 grid, int threads, int smem, cudaStream_t st, const Args& a) {
+template <class Kern, class... Args>
+void launch_cluster2(Kern kern, dim3 grid, int threads, int smem, cudaStream_t st, const Args&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(unsigned(threads));
@@ -1535,7 +1674,7 @@ void launch_cluster2(Kern kern, dim3 grid, int threads, int smem, cudaStream_t s
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  DCF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, a));
+  DCF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, args...));
 }
 
 // The forward runs without the prefetch (PF): at N16 D64 (two CTAs per SM, 128 registers) it spills
@@ -1560,7 +1699,7 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 // with it (about 4 KB instead of 2), so it is off there. It is on by default for N16 D128 (N16 D64 uses
 // that shared memory for its staged Q and dO instead), and the N32 head split (N16 CTAs) turns it on.
 template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false, bool SPL = false>
-void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
+void launch_bwd(const BwdArgs& a, const BwdMaps& maps, int B, cudaStream_t st) {
   using C = BwdCfg<N, D, PF, CL2, SPL>;
   auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2, SPL>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
@@ -1568,14 +1707,33 @@ void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
   if constexpr (CL2 || SPL) {
     if (CL2) grid.x += grid.x & 1;  // whole clusters of two CTAs along x
     else grid.x *= 2;               // the two halves of the heads of each query tile
-    launch_cluster2(kern, grid, C::Tl::THREADS, C::SMEM, st, a);
+    launch_cluster2(kern, grid, C::Tl::THREADS, C::SMEM, st, a, maps);
   } else {
-    kern<<<grid, C::Tl::THREADS, C::SMEM, st>>>(a);
+    kern<<<grid, C::Tl::THREADS, C::SMEM, st>>>(a, maps);
     DCF_CUDA_LAUNCH_CHECK();
   }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// The tensor map of an fp32 [B][rows][N][D] gradient workspace for the backward's bulk-tensor reductions:
+// boxes of 16 rows x 1 head x 32 d (128 bytes per row, 128-byte swizzle), rows past `rows` clipped.
+void encode_ws_map(CUtensorMap* m, float* base, int64_t B, int64_t rows, int64_t N, int64_t D) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    DCF_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+    DCF_CHECK(fn != nullptr && q == cudaDriverEntryPointSuccess, "cuTensorMapEncodeTiled is not available");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(N), cuuint64_t(rows), cuuint64_t(B)};
+  const cuuint64_t strides[3] = {cuuint64_t(D * 4), cuuint64_t(N * D * 4), cuuint64_t(rows * N * D * 4)};
+  const cuuint32_t box[4] = {32, 1, 16, 1}, estr[4] = {1, 1, 1, 1};
+  const CUresult r = encode(m, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, dims, strides, box, estr,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DCF_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ")");
+}
 
 // Timing-only builds (compiled with -DDCF_KERNEL_TIMING_BUILDS=ON): the N16 D64 forward at one CTA
 // per SM (DCF_DCMHA_FUSED_OCC=1), the N16 D64 builds with the key-weight prefetch
@@ -1698,6 +1856,12 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.dk = dk32.data<float>();
   a.dv = dv32.data<float>();
   a.kws = ddw.defined() ? kws.data<float>() : nullptr;
+  BwdMaps maps{};
+  if (DCF_BWD_TMA_RED >= 2 || (DCF_BWD_TMA_RED >= 1 && sh.N == 16 && sh.D == 64)) {
+    encode_ws_map(&maps.tm[0], a.dq, sh.B, sh.T, sh.N, sh.D);
+    encode_ws_map(&maps.tm[1], a.dk, sh.B, sh.S, sh.N, sh.D);
+    encode_ws_map(&maps.tm[2], a.dv, sh.B, sh.S, sh.N, sh.D);
+  }
   a.T = int(sh.T);
   a.S = int(sh.S);
   a.q_pos0 = int(sh.q_pos0);
@@ -1709,24 +1873,24 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
     DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 5, "dcmha_fused_backward: ablation ", ablate,
               " is not built (1-5, N16 D64 only)");
 #if DCF_KERNEL_TIMING_BUILDS
-    if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, B, st);
-    else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, B, st);
-    else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, B, st);
-    else if (ablate == 4) launch_bwd<16, 64, 4, false, true>(a, B, st);
-    else if (ablate == 5) launch_bwd<16, 64>(a, B, st);
-    else launch_bwd<16, 64, 0, true>(a, B, st);
+    if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, maps, B, st);
+    else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, maps, B, st);
+    else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, maps, B, st);
+    else if (ablate == 4) launch_bwd<16, 64, 4, false, true>(a, maps, B, st);
+    else if (ablate == 5) launch_bwd<16, 64>(a, maps, B, st);
+    else launch_bwd<16, 64, 0, true>(a, maps, B, st);
 #endif
-  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, B, st);
-  else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
+  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, maps, B, st);
+  else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, maps, B, st);
   else if (sh.N == 32) {
     const bool split = n32_split();
 #if DCF_KERNEL_TIMING_BUILDS || DCF_N32_SPLIT_DEFAULT
-    if (split && sh.D == 64) launch_bwd<32, 64, 0, true, false, true>(a, B, st);
-    else if (split) launch_bwd<32, 128, 0, true, false, true>(a, B, st);
+    if (split && sh.D == 64) launch_bwd<32, 64, 0, true, false, true>(a, maps, B, st);
+    else if (split) launch_bwd<32, 128, 0, true, false, true>(a, maps, B, st);
 #endif
 #if DCF_KERNEL_TIMING_BUILDS || !DCF_N32_SPLIT_DEFAULT
-    if (!split && sh.D == 64) launch_bwd<32, 64>(a, B, st);
-    else if (!split) launch_bwd<32, 128>(a, B, st);
+    if (!split && sh.D == 64) launch_bwd<32, 64>(a, maps, B, st);
+    else if (!split) launch_bwd<32, 128>(a, maps, B, st);
 #endif
   }
   else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);

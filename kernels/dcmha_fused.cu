@@ -68,6 +68,12 @@
 #ifndef DCF_BWD_TMA_RED
 #define DCF_BWD_TMA_RED 1
 #endif
+// The N16 D64 cluster build's per-tile arrival (A) (this CTA is done reading the pair block): 0 = with
+// release semantics (a GPU-scope memory barrier before it), 1 = relaxed (its reads are complete: their
+// values have been consumed by the tile's matmuls before it).
+#ifndef DCF_CL2_A_RELAXED
+#define DCF_CL2_A_RELAXED 0
+#endif
 #if DCF_SPLIT_ACQUIRE_CTA
 #define DCF_SPLIT_WAIT_SEM ""  // the default: .acquire.cta
 #else
@@ -454,6 +460,11 @@ __device__ __forceinline__ bool allowed(int tpos, int s, int window) {
 // them): memory accesses before a thread's arrive are visible to, and performed before, those after any
 // thread's matching wait.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+// Arrival without release semantics (no memory fence before it): for a CTA that only tells its peer it
+// has finished reading (their values already consumed), not that it has written.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_sync() {
   cluster_arrive();
@@ -1605,7 +1616,10 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
         }
       }
     }
-    if constexpr (CL2) cluster_arrive();  // (A) done with this tile's pair block
+    if constexpr (CL2) {  // (A) done with this tile's pair block
+      if constexpr (DCF_CL2_A_RELAXED) cluster_arrive_relaxed();
+      else cluster_arrive();
+    }
     // The scratch is the next tile's exchange buffer 1: its bulk reads must be over.
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     __syncwarp();

@@ -1102,7 +1102,8 @@ __device__ __forceinline__ uint32_t take_op_block(const OpBlocks& o, int i, int 
 // (cluster rank r: heads 16 r .. 16 r + 15) and otherwise the N16 kernel: the Composes' per-cell reads
 // are exchanged through distributed shared memory (Tile), the rest is per head.
 template <int N, int D, int PROF, bool PF, bool CL2 = false, bool SPL = false>
-__global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kernel(BwdArgs a, const __grid_constant__ BwdMaps maps) {
+__global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
+    dcmha_fused_bwd_kernel(BwdArgs a, const __grid_constant__ BwdMaps maps) {
   using C = BwdCfg<N, D, PF, CL2, SPL>;
   using Tl = typename C::Tl;
   using WT = typename C::WT;
@@ -1550,7 +1551,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
                            mov_trans(comp(vc, jj)));
               }
             } else if constexpr (C::BA) {
-              const uint32_t off = take_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, bi++, nblk, lane);
+              const uint32_t off =
+                  take_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, bi++, nblk, lane);
               uint32_t bad[CB / 16];
 #pragma unroll
               for (int j = 0; j < CB / 16; ++j) bad[j] = sbad[j] + off;
@@ -1595,7 +1597,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1) dcmha_fused_bwd_kerne
           for (int which = 0; which < 2; ++which) {
             [[maybe_unused]] uint32_t bad[CB / 16];
             if constexpr (C::BA) {
-              const uint32_t off = take_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, bi++, nblk, lane);
+              const uint32_t off =
+                  take_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, bi++, nblk, lane);
 #pragma unroll
               for (int j = 0; j < CB / 16; ++j) bad[j] = sbad[j] + off;
             } else if constexpr (!C::QD_SMEM) {

@@ -42,22 +42,12 @@
 #ifndef DCF_N32_SPLIT_DEFAULT
 #define DCF_N32_SPLIT_DEFAULT 1
 #endif
-// The head split's exchange wait: 0 = acquire at cluster scope (the default), 1 = at CTA scope (see
-// Tile::exchange_sync; measured correct, backward 1-2 % faster, within the spread between runs).
-#ifndef DCF_SPLIT_ACQUIRE_CTA
-#define DCF_SPLIT_ACQUIRE_CTA 0
-#endif
 // The backward's tensor-core stage where Q and dO are not staged for the CTA (every build but N16 D64):
 // 1 (measured faster, the default) = its operand blocks come in by cp.async into two per-warp buffers, the
 // next block's copy in flight while the current one is multiplied; 0 = one buffer, each block loaded and
 // stored synchronously.
 #ifndef DCF_BWD_B_ASYNC
 #define DCF_BWD_B_ASYNC 1
-#endif
-// With DCF_BWD_B_ASYNC: 1 = those copies go through L1 (cp.async.ca; Q and dO are re-read every key
-// tile), 0 (the default; 1 measured no different) = L2 only (cp.async.cg).
-#ifndef DCF_BWD_B_ASYNC_L1
-#define DCF_BWD_B_ASYNC_L1 0
 #endif
 // The backward's dQ/dK/dV reductions: per row of a 16 x CB output block (cp.reduce.async.bulk from 16
 // lanes, which compiles to a loop over the lanes), or per 16 x 32 box from one lane (bulk-tensor
@@ -78,11 +68,6 @@
 // 16-byte vector reductions over four heads (compose_grads). Built, not yet run on a GPU.
 #ifndef DCF_BWD_KEYGRAD_V4
 #define DCF_BWD_KEYGRAD_V4 0
-#endif
-#if DCF_SPLIT_ACQUIRE_CTA
-#define DCF_SPLIT_WAIT_SEM ""  // the default: .acquire.cta
-#else
-#define DCF_SPLIT_WAIT_SEM ".acquire.cluster"
 #endif
 
 namespace dcf::cuda {
@@ -153,12 +138,6 @@ __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr) {
 // 16 bytes global -> shared without a register round trip; zero-filled (nothing read) when !valid.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
-               "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
-}
-// The same through L1 (cp.async.ca): for blocks re-read by the same CTA.
-__device__ __forceinline__ void cp_async16_l1(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
                "l"(src), "r"(valid ? 16 : 0)
                : "memory");
 }
@@ -379,14 +358,12 @@ struct Tile {
                      : "=l"(state) : "r"(bar), "n"(XBYTES) : "memory");
       else
         asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 %0, [%1];\n" : "=l"(state) : "r"(bar) : "memory");
-      // The cluster-scope acquire compiles to an L1 invalidation after every wait (CCTL.IVALL), which
-      // costs the K/V fragment loads their L1 hits; DCF_SPLIT_ACQUIRE_CTA acquires at CTA scope instead
-      // (the local partial reads are released at that scope, the peer's st.async bytes are visible once
-      // the phase completes). Measured: correct, and the L1 was not what held the split back (backward
-      // 1-2 %, within the spread between runs), so the default keeps the cluster-scope acquire.
+      // The cluster-scope acquire compiles to an L1 invalidation after every wait (CCTL.IVALL); a
+      // CTA-scope acquire (measured: docs/perf/dcmha_fused.md, B16) was no faster, within the spread
+      // between runs, so the wait keeps the acquire whose ordering argument needs nothing more.
       uint32_t done = 0;
       while (!done)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait" DCF_SPLIT_WAIT_SEM ".shared::cta.b64 p, [%1], %2;\n"
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
                      " selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "l"(state) : "memory");
     }
@@ -1111,8 +1088,7 @@ __device__ __forceinline__ void issue_op_block(const OpBlocks& o, int i, int lan
     const int e = lane + 32 * j, r = e / PR, p = e % PR;
     const bool ok = row0 + r < nrows;
     const bf16* src = base + (int64_t(ok ? row0 + r : 0) * N + n) * D + cb + 8 * p;
-    if constexpr (DCF_BWD_B_ASYNC_L1) cp_async16_l1(dst + r * SB + 8 * p, src, ok);
-    else cp_async16(dst + r * SB + 8 * p, src, ok);
+    cp_async16(dst + r * SB + 8 * p, src, ok);
   }
   cp_async_commit();
 }

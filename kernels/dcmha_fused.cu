@@ -1723,30 +1723,9 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 }
 
 
-// The prefetch costs registers: the one-CTA N = 32 build (512 threads capped at 128) spills twice as much
-// with it (about 4 KB instead of 2), so it is off there. It is on by default for N16 D128 (N16 D64 uses
-// that shared memory for its staged Q and dO instead), and the N32 head split (N16 CTAs) turns it on.
-template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false, bool SPL = false>
-void launch_bwd(const BwdArgs& a, const BwdMaps& maps, int B, cudaStream_t st) {
-  using C = BwdCfg<N, D, PF, CL2, SPL>;
-  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2, SPL>;
-  DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
-  dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
-  if constexpr (CL2 || SPL) {
-    if (CL2) grid.x += grid.x & 1;  // whole clusters of two CTAs along x
-    else grid.x *= 2;               // the two halves of the heads of each query tile
-    launch_cluster2(kern, grid, C::Tl::THREADS, C::SMEM, st, a, maps);
-  } else {
-    kern<<<grid, C::Tl::THREADS, C::SMEM, st>>>(a, maps);
-    DCF_CUDA_LAUNCH_CHECK();
-  }
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // The tensor map of an fp32 [B][rows][N][D] gradient workspace for the backward's bulk-tensor reductions:
 // boxes of 16 rows x 1 head x 32 d (128 bytes per row, 128-byte swizzle), rows past `rows` clipped.
-void encode_ws_map(CUtensorMap* m, float* base, int64_t B, int64_t rows, int64_t N, int64_t D) {
+[[maybe_unused]] void encode_ws_map(CUtensorMap* m, float* base, int64_t B, int64_t rows, int64_t N, int64_t D) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult q{};
@@ -1762,6 +1741,34 @@ void encode_ws_map(CUtensorMap* m, float* base, int64_t B, int64_t rows, int64_t
                             CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   DCF_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ")");
 }
+
+// The prefetch costs registers: the one-CTA N = 32 build (512 threads capped at 128) spills twice as much
+// with it (about 4 KB instead of 2), so it is off there. It is on by default for N16 D128 (N16 D64 uses
+// that shared memory for its staged Q and dO instead), and the N32 head split (N16 CTAs) turns it on.
+// The builds with bulk-tensor reductions (BwdCfg::TR) get their tensor maps here, the others none.
+template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false, bool SPL = false>
+void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
+  using C = BwdCfg<N, D, PF, CL2, SPL>;
+  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2, SPL>;
+  BwdMaps maps{};
+  if constexpr (C::TR) {
+    encode_ws_map(&maps.tm[0], a.dq, B, a.T, N, D);
+    encode_ws_map(&maps.tm[1], a.dk, B, a.S, N, D);
+    encode_ws_map(&maps.tm[2], a.dv, B, a.S, N, D);
+  }
+  DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
+  dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
+  if constexpr (CL2 || SPL) {
+    if (CL2) grid.x += grid.x & 1;  // whole clusters of two CTAs along x
+    else grid.x *= 2;               // the two halves of the heads of each query tile
+    launch_cluster2(kern, grid, C::Tl::THREADS, C::SMEM, st, a, maps);
+  } else {
+    kern<<<grid, C::Tl::THREADS, C::SMEM, st>>>(a, maps);
+    DCF_CUDA_LAUNCH_CHECK();
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Timing-only builds (compiled with -DDCF_KERNEL_TIMING_BUILDS=ON): the N16 D64 forward at one CTA
 // per SM (DCF_DCMHA_FUSED_OCC=1), the N16 D64 builds with the key-weight prefetch
@@ -1884,12 +1891,6 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.dk = dk32.data<float>();
   a.dv = dv32.data<float>();
   a.kws = ddw.defined() ? kws.data<float>() : nullptr;
-  BwdMaps maps{};
-  if (DCF_BWD_TMA_RED >= 2 || (DCF_BWD_TMA_RED >= 1 && sh.N == 16 && sh.D == 64)) {
-    encode_ws_map(&maps.tm[0], a.dq, sh.B, sh.T, sh.N, sh.D);
-    encode_ws_map(&maps.tm[1], a.dk, sh.B, sh.S, sh.N, sh.D);
-    encode_ws_map(&maps.tm[2], a.dv, sh.B, sh.S, sh.N, sh.D);
-  }
   a.T = int(sh.T);
   a.S = int(sh.S);
   a.q_pos0 = int(sh.q_pos0);
@@ -1901,24 +1902,24 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
     DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 5, "dcmha_fused_backward: ablation ", ablate,
               " is not built (1-5, N16 D64 only)");
 #if DCF_KERNEL_TIMING_BUILDS
-    if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, maps, B, st);
-    else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, maps, B, st);
-    else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, maps, B, st);
-    else if (ablate == 4) launch_bwd<16, 64, 4, false, true>(a, maps, B, st);
-    else if (ablate == 5) launch_bwd<16, 64>(a, maps, B, st);
-    else launch_bwd<16, 64, 0, true>(a, maps, B, st);
+    if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, B, st);
+    else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, B, st);
+    else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, B, st);
+    else if (ablate == 4) launch_bwd<16, 64, 4, false, true>(a, B, st);
+    else if (ablate == 5) launch_bwd<16, 64>(a, B, st);
+    else launch_bwd<16, 64, 0, true>(a, B, st);
 #endif
-  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, maps, B, st);
-  else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, maps, B, st);
+  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, B, st);
+  else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
   else if (sh.N == 32) {
     const bool split = n32_split();
 #if DCF_KERNEL_TIMING_BUILDS || DCF_N32_SPLIT_DEFAULT
-    if (split && sh.D == 64) launch_bwd<32, 64, 0, true, false, true>(a, maps, B, st);
-    else if (split) launch_bwd<32, 128, 0, true, false, true>(a, maps, B, st);
+    if (split && sh.D == 64) launch_bwd<32, 64, 0, true, false, true>(a, B, st);
+    else if (split) launch_bwd<32, 128, 0, true, false, true>(a, B, st);
 #endif
 #if DCF_KERNEL_TIMING_BUILDS || !DCF_N32_SPLIT_DEFAULT
-    if (!split && sh.D == 64) launch_bwd<32, 64>(a, maps, B, st);
-    else if (!split) launch_bwd<32, 128>(a, maps, B, st);
+    if (!split && sh.D == 64) launch_bwd<32, 64>(a, B, st);
+    else if (!split) launch_bwd<32, 128>(a, B, st);
 #endif
   }
   else DCF_CHECK(false, "dcmha_fused_backward: unsupported N=", sh.N, " D=", sh.D);

@@ -58,17 +58,6 @@
 #ifndef DCF_BWD_TMA_RED
 #define DCF_BWD_TMA_RED 1
 #endif
-// The N16 D64 cluster build's per-tile arrival (A) (this CTA is done reading the pair block): 0 = with
-// release semantics (a GPU-scope memory barrier before it), 1 = relaxed (its reads are complete: their
-// values have been consumed by the tile's matmuls before it).
-#ifndef DCF_CL2_A_RELAXED
-#define DCF_CL2_A_RELAXED 0
-#endif
-// The backward's key-side weight gradients: 0 = 5 scalar fp32 atomics per lane and key column; 1 =
-// 16-byte vector reductions over four heads (compose_grads). Built, not yet run on a GPU.
-#ifndef DCF_BWD_KEYGRAD_V4
-#define DCF_BWD_KEYGRAD_V4 0
-#endif
 
 namespace dcf::cuda {
 namespace {
@@ -1021,35 +1010,6 @@ __device__ __forceinline__ void compose_grads(const Tile<N, W, NT>& tl, const fl
 #pragma unroll
     for (int i = 0; i < 10; ++i) qacc[ri * 10 + i] += v3[i];
   }
-#if DCF_BWD_KEYGRAD_V4
-  // Key side, vectorised: after the first reduce-scatter step (heads 4 g0 .. 4 g0 + 3) the 5 gradients
-  // are laid out as [j][4 heads] and padded to 8 j, so that the last two steps leave each lane two
-  // gradients j of four consecutive heads: one 16-byte reduction (red.global.add.v4.f32) each, 10
-  // per key column instead of 40 scalar atomics, for 9 more shuffles per column.
-#pragma unroll
-  for (int ci = 0; ci < 2; ++ci) {
-    float v[40], v2[20], w[32], w2[16], w3[8];
-    grad_sums<1>(x, y, hr, er, ci, v);
-    rs_step<40>(v, v2, tl.g & 1, 4);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int h = 0; h < 4; ++h) w[j * 4 + h] = j < 5 ? v2[h * 5 + j] : 0.f;
-    rs_step<32>(w, w2, (tl.g >> 1) & 1, 8);
-    rs_step<16>(w2, w3, (tl.g >> 2) & 1, 16);
-    const int key = kb + 8 * tl.kwp + 2 * tl.c + ci;
-    const int j0 = 4 * ((tl.g >> 1) & 1) + 2 * ((tl.g >> 2) & 1);  // this lane's gradients j0, j0 + 1
-    if (key < S) {
-      float* p = kws_b + (int64_t(key) * 2 + slot) * 5 * NT + tl.hbase() + 4 * (tl.g & 1);
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj)
-        if (j0 + jj < 5)
-          asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p + (j0 + jj) * NT),
-                       "f"(w3[4 * jj]), "f"(w3[4 * jj + 1]), "f"(w3[4 * jj + 2]), "f"(w3[4 * jj + 3])
-                       : "memory");
-    }
-  }
-#else
 #pragma unroll
   for (int ci = 0; ci < 2; ++ci) {
     float v[40], v2[20], v3[10], v4[5];
@@ -1065,7 +1025,6 @@ __device__ __forceinline__ void compose_grads(const Tile<N, W, NT>& tl, const fl
       for (int j = 0; j < 5; ++j) atomicAdd(p + j * NT, v4[j]);
     }
   }
-#endif
 }
 
 // BwdCfg::BA: the tensor-core stage's operand blocks by cp.async, in the stage's order: per head (it) and
@@ -1630,10 +1589,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
         }
       }
     }
-    if constexpr (CL2) {  // (A) done with this tile's pair block
-      if constexpr (DCF_CL2_A_RELAXED) cluster_arrive_relaxed();
-      else cluster_arrive();
-    }
+    // (A) done with this tile's pair block: relaxed (no memory barrier before it), as the block's reads
+    // are complete, their values consumed by the matmuls above.
+    if constexpr (CL2) cluster_arrive_relaxed();
     // The scratch is the next tile's exchange buffer 1: its bulk reads must be over.
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     __syncwarp();

@@ -58,6 +58,14 @@
 #ifndef DCF_BWD_TMA_RED
 #define DCF_BWD_TMA_RED 1
 #endif
+// The N16 D64 cluster build's hand-over of the pair block (arrival and wait (B) of the key-tile loop):
+// 0 = a cluster barrier (its release arrival compiles to a GPU-scope memory barrier, which waits for the
+// thread's outstanding weight-gradient atomics); 1 (the default) = the stores into the peer's half as
+// st.async, which count their bytes on the peer's mbarrier, and the reader waits on its own mbarrier (no
+// fence). Measured: 1 is 1.2-1.5 % faster at T 2048 and 1.3 % slower at T 8192 (docs/perf, B22).
+#ifndef DCF_CL2_B_ASYNC
+#define DCF_CL2_B_ASYNC 1
+#endif
 
 namespace dcf::cuda {
 namespace {
@@ -938,7 +946,10 @@ struct BwdCfg {
   static constexpr int OFF_ST = OFF_SCR + NW * SCR_WARP;
   static constexpr int OFF_QD = OFF_ST + ST_BYTES;  // [2 or 3][N][kBQ][D]: Q, dO (CL2: then the peer's Q or dO)
   static constexpr int OFF_MB = OFF_QD + QD_BYTES;  // SPL: the exchange mbarriers [4][2] (Tile)
-  static constexpr int SMEM = OFF_MB + (SPL ? 64 : 0);
+  // CL2 with DCF_CL2_B_ASYNC: the pair block's mbarrier, after the exchange mbarriers' place.
+  static constexpr bool BX = CL2 && DCF_CL2_B_ASYNC;
+  static constexpr int OFF_PMB = OFF_MB + (SPL ? 64 : 0);
+  static constexpr int SMEM = OFF_PMB + (BX ? 8 : 0);
   static_assert(SMEM <= 227 * 1024, "backward shared memory");
   static_assert(OFF_PP % 128 == 0 && OFF_SCR % 128 == 0 && PT_BYTES % 128 == 0 && OFF_QD % 128 == 0,
                 "operand alignment");
@@ -1324,16 +1335,37 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   };
   // CL2: P' or dA into the pair's [N][32][PS] block at base, a shared::cluster address (this CTA's
   // own shared::cta addresses are valid ones; the peer's come from mapa), this CTA's rows at roff. Stores
-  // to the peer are posted; the cluster barrier (B) of the tile orders them before the peer's reads.
-  auto stage_pair = [&](uint32_t base, const float (&x)[8][4]) {
+  // to the peer are posted; the cluster barrier (B) of the tile orders them before the peer's reads, or
+  // (C::BX, to_peer) they are st.async, each counting its 4 bytes on the peer's pair mbarrier.
+  auto stage_pair = [&](uint32_t base, const float (&x)[8][4], auto to_peer) {
+    [[maybe_unused]] uint32_t pmb_peer = 0;
+    if constexpr (C::BX)
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(pmb_peer) : "r"(smem_u32(smem + C::OFF_PMB)), "r"(crank ^ 1u));
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
         const uint32_t adr = base + 2 * (((8 * hw + h) * 2 * kBQ + roff + g + 8 * ri) * PS + 8 * kwp + 2 * c);
         const uint32_t v = pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
-        asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(adr), "r"(v) : "memory");
+        if constexpr (C::BX && decltype(to_peer)::value)
+          asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n"
+                       ::"r"(adr), "r"(v), "r"(pmb_peer) : "memory");
+        else
+          asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(adr), "r"(v) : "memory");
       }
+  };
+  // C::BX: what the peer stores into this CTA's pair block per tile (4 bytes per store, 16 stores per
+  // thread) are the expected bytes of each phase of the pair mbarrier (one local arrival per phase, by thread
+  // 0 once its own half is written); pair_wait(kb) waits for the phase of the tile at kb (the tiles run
+  // from kstart_c in steps of kBK in both CTAs: phase parity = tile index & 1).
+  constexpr int PAIR_TX = THREADS * 16 * 4;
+  auto pair_wait = [&](int kb) {
+    const uint32_t par = uint32_t((kb - kstart_c) / kBK) & 1u;
+    uint32_t done = 0;
+    while (!done)
+      asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+                   " selp.u32 %0, 1, 0, p;\n}\n"
+                   : "=r"(done) : "r"(smem_u32(smem + C::OFF_PMB)), "r"(par) : "memory");
   };
   // CL2: this CTA's dA for its own dQ, in exchange buffer 0 (free from the dA Compose's barrier to the
   // next tile's first Compose): the region of warp (kwp, hw) holds heads 8 hw .. + 7, rows 0-15, keys
@@ -1376,7 +1408,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       // (A) the peer is done with the previous tile's pair block (only rank 0 stores into it here and
       // rank 1 not before its dA, but a wait under a branch costs ~580 B of spills)
       cluster_wait();
-      stage_pair(role_k ? pp_peer : pp_own, y);
+      if (!C::BX || role_k) stage_pair(role_k ? pp_peer : pp_own, y, std::bool_constant<C::BX>{});
+      else stage_pair(pp_own, y, std::false_type{});
     } else {
       stage_tile(Pp, y);
     }
@@ -1400,8 +1433,17 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     });
     if constexpr (CL2) {
       stage_red(y);
-      stage_pair(role_k ? pp_own : pp_peer, y);
-      cluster_arrive();  // (B) this CTA's half of the pair's P' and dA written
+      if (!C::BX || !role_k) stage_pair(role_k ? pp_own : pp_peer, y, std::bool_constant<C::BX>{});
+      else stage_pair(pp_own, y, std::false_type{});
+      if constexpr (C::BX) {  // (B) this CTA's half of the pair's P' and dA written (the local arrival)
+        if (tid == 0) {
+          uint64_t state;
+          asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 %0, [%1], %2;\n"
+                       : "=l"(state) : "r"(smem_u32(smem + C::OFF_PMB)), "n"(PAIR_TX) : "memory");
+        }
+      } else {
+        cluster_arrive();  // (B) this CTA's half of the pair's P' and dA written
+      }
     } else {
       stage_tile(dAs, y);
     }
@@ -1411,7 +1453,10 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     // for both heads (this CTA's dA only), then the wait for the peer's half (B), then dK or dV.
     const int nit = (PROF & 1) ? 0 : CL2 ? 4 : 2;
     if constexpr (CL2)
-      if (nit == 0) cluster_wait();
+      if (nit == 0) {
+        if constexpr (C::BX) pair_wait(kb);
+        else cluster_wait();
+      }
     // BA: the operand blocks of the stage, 4 (D / CB) per head; block 0 is issued here, each next one
     // when its predecessor's turn comes.
     const int nblk = nit * 4 * (D / CB);
@@ -1420,7 +1465,10 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       if (nblk > 0) issue_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, 0, lane);
 #pragma unroll 1
     for (int it = 0; it < nit; ++it) {
-      if (CL2 && it == 2) cluster_wait();  // (B)
+      if (CL2 && it == 2) {  // (B)
+        if constexpr (C::BX) pair_wait(kb);
+        else cluster_wait();
+      }
       const int hh = it & 1;
       const bool part_q = !CL2 || it < 2, part_kv = !CL2 || it >= 2;
       const int n = 2 * warp + hh;
@@ -1602,6 +1650,12 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // peer's block in the next tile; (B) arrived at after both stores of a tile, waited on before the first
   // read of the peer's half. Both CTAs walk the same tiles, so the halves pair up; (A) is primed here and
   // its last phase waited for after the loop.
+  if constexpr (C::BX) {  // the pair mbarrier: initialised before (A)'s first phase, which the peer waits for
+    if (tid == 0) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(smem + C::OFF_PMB)) : "memory");
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+  }
   if constexpr (CL2) cluster_arrive();
   if constexpr (AHEAD) for_key_tiles_self_staged<NL>(tl, dwb, kstart_c, khi_c, S, tile_c);
   else for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, tile_c);

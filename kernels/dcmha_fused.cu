@@ -863,8 +863,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
 // tile, the rank-0 CTA computes the pair's dK = dA^T Q and the rank-1 CTA the pair's dV = P'^T dO, each
 // from a 32-row P' or dA block in its own shared memory that both CTAs fill (the peer's half through
 // distributed shared memory stores) and from both CTAs' Q or dO rows (the peer's staged once at the start);
-// dQ stays per CTA. In pass C the two CTAs meet twice per tile at cluster barriers split into arrive and
-// wait (see the key-tile loop), and both walk the union of their key tiles. Each CTA issues 3 instead of 5
+// dQ stays per CTA. In pass C the two CTAs meet twice per tile at barriers split into arrive and wait (see
+// the key-tile loop), and both walk the union of their key tiles. Each CTA issues 3 instead of 5
 // bulk reductions per head and tile.
 // No B x N x T x S state: the extra memory is the fp32 gradient workspaces (linear in T).
 
@@ -1645,11 +1645,12 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     __syncwarp();
     if constexpr (AHEAD) tl.store_key_weights(kwr, tl.kw);
   };
-  // CL2: the cluster barriers of pass C come in halves, so that a CTA waits only where it needs its peer:
-  // (A) arrived at after a tile's last read of the pair block, waited on before the first store into the
-  // peer's block in the next tile; (B) arrived at after both stores of a tile, waited on before the first
-  // read of the peer's half. Both CTAs walk the same tiles, so the halves pair up; (A) is primed here and
-  // its last phase waited for after the loop.
+  // CL2: the CTAs of a pair meet twice per tile, each half a split barrier, so that a CTA waits only where
+  // it needs its peer: (A) arrived at after a tile's last read of the pair block, waited on before the
+  // first store into the peer's block in the next tile; (B) arrived at after both stores of a tile, waited
+  // on before the first read of the peer's half. Both CTAs walk the same tiles, so the halves pair up; (A)
+  // is primed here and its last phase waited for after the loop. (A) is the cluster barrier; (B) is the
+  // pair mbarrier with C::BX (the default), otherwise the same cluster barrier, alternating with (A).
   if constexpr (C::BX) {  // the pair mbarrier: initialised before (A)'s first phase, which the peer waits for
     if (tid == 0) {
       asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(smem + C::OFF_PMB)) : "memory");

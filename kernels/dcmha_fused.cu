@@ -1359,6 +1359,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // 0 once its own half is written); pair_wait(kb) waits for the phase of the tile at kb (the tiles run
   // from kstart_c in steps of kBK in both CTAs: phase parity = tile index & 1).
   constexpr int PAIR_TX = THREADS * 16 * 4;
+  static_assert(!C::BX || AHEAD, "pair_wait's parity assumes pass C's tiles from kstart_c (the AHEAD loop)");
   auto pair_wait = [&](int kb) {
     const uint32_t par = uint32_t((kb - kstart_c) / kBK) & 1u;
     uint32_t done = 0;

@@ -66,6 +66,12 @@
 #ifndef DCF_CL2_B_ASYNC
 #define DCF_CL2_B_ASYNC 1
 #endif
+// The backward's query-side weight gradients (row sums over each tile's keys): 0 = summed in registers
+// and reduce-scattered over the quad by shuffles; 1 = in the N16 D64 builds, summed by the tensor cores
+// (tf32 mma against a 0/1 routing matrix, query_grads_mma), no shuffles. Built, not yet run on a GPU.
+#ifndef DCF_BWD_QMMA
+#define DCF_BWD_QMMA 0
+#endif
 
 namespace dcf::cuda {
 namespace {
@@ -81,6 +87,15 @@ struct FusedArgs {
   int T, S, q_pos0, window;
 };
 
+// c += A (16 x 8, tf32 from fp32 registers: the low 13 mantissa bits are ignored) B (8 x 8 tf32).
+[[maybe_unused]] __device__ __forceinline__ void mma_tf32(float (&c)[4], float a0, float a1, float a2, float a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(__float_as_uint(a0)), "r"(__float_as_uint(a1)), "r"(__float_as_uint(a2)), "r"(__float_as_uint(a3)),
+        "r"(b0), "r"(b1));
+}
 __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -898,6 +913,9 @@ struct BwdCfg {
   // - F32W: the dynamic weights are staged as fp32 (the others keep bf16).
   static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
   static constexpr bool F32W = QD_SMEM;
+  // QM (DCF_BWD_QMMA): the query-side weight gradients summed by the tensor cores (compose_grads), in the
+  // N16 D64 builds only (the others, short of registers already, spill more with it).
+  static constexpr bool QM = DCF_BWD_QMMA && QD_SMEM;
   static_assert(!SPL || (N == 32 && PF && !CL2), "the head split is the N32 builds' (with the prefetch)");
   using WT = std::conditional_t<F32W, float, uint16_t>;
   using Tl = Tile<NL, WT, N>;
@@ -975,11 +993,6 @@ __device__ __forceinline__ void rs_step(const float (&v)[M], float (&out)[M / 2]
   }
 }
 
-// The weight gradients of one Compose over this tile (dcmha.md §3.1): X its input, Y the gradient of its
-// output, hr the reads of X (a-weights) and er the back-reads of Y (b-weights), both in total_reads
-// layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
-// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
-// column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
 // The 40 partial sums (8 heads x da0, da1, db0, db1, dg) of this thread's two cells in query row o
 // (SIDE 0: cells e = 2 o + i, reads of the query-side weights) or in key column o (SIDE 1: e = 2 i + o,
 // key-side weights).
@@ -1003,23 +1016,63 @@ __device__ __forceinline__ void grad_sums(const float (&x)[8][4], const float (&
   }
 }
 
+// DCF_BWD_QMMA (C::QM): the query side's row sums through the tensor cores instead of shuffles. The 40
+// product matrices M_i of a Compose (i = 5 h + gradient, 16 rows x the warp's 8 keys, in C-fragment
+// layout) are the A operands of m16n8k8 tf32 mma (key 2c + u of the fragment as k = c + 4 u: the order of
+// k is immaterial to a sum) against B = ones in column i % 8, summed for the tile in five 16 x 8
+// accumulators and added to qacc: qacc[4 d + 2 ri + u] is the sum for row g + 8 ri of M_(8 d + 2 c + u).
+// (The lane mapping was checked by emulating the mma fragments over 32 lanes: every (row, matrix) sum
+// lands in exactly one lane.)
+template <int N, class W, int NT>
+__device__ __forceinline__ void query_grads_mma(const Tile<N, W, NT>& tl, const float (&x)[8][4],
+                                                const float (&y)[8][4], const float (&hr)[16],
+                                                const float (&er)[16], float (&qacc)[20]) {
+#pragma unroll
+  for (int d = 0; d < 5; ++d) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};  // fresh (qacc need not sit in the mma's register quads)
+#pragma unroll
+    for (int col = 0; col < 8; ++col) {
+      const uint32_t b = tl.g == col ? 0x3f800000u : 0u;
+      const int i = 8 * d + col, h = i / 5, j = i % 5;
+      float p[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float X = x[h][e], Y = y[h][e];
+        p[e] = j == 0   ? X * er[e * 4]
+               : j == 1 ? X * er[e * 4 + 2]
+               : j == 2 ? hr[e * 4] * Y
+               : j == 3 ? hr[e * 4 + 2] * Y
+                        : X * Y;
+      }
+      mma_tf32(acc, p[0], p[2], p[1], p[3], b, b);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) qacc[4 * d + k] += acc[k];
+  }
+}
+
 // The weight gradients of one Compose over this tile (dcmha.md §3.1): X its input, Y the gradient of its
 // output, hr the reads of X (a-weights) and er the back-reads of Y (b-weights), both in total_reads
 // layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
-// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
-// column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
-template <int N, class W, int NT>
+// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg), or with QM
+// summed by the tensor cores (query_grads_mma, another qacc layout). Key side: column sums over the 16
+// rows, reduce-scattered over the 8 lanes of a key column, added to kws.
+template <bool QM, int N, class W, int NT>
 __device__ __forceinline__ void compose_grads(const Tile<N, W, NT>& tl, const float (&x)[8][4], const float (&y)[8][4],
                                               const float (&hr)[16], const float (&er)[16], float (&qacc)[20],
                                               float* kws_b, int slot, int kb, int S) {
+  if constexpr (QM) {
+    query_grads_mma(tl, x, y, hr, er, qacc);
+  } else {
 #pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    float v[40], v2[20], v3[10];
-    grad_sums<0>(x, y, hr, er, ri, v);
-    rs_step<40>(v, v2, tl.c & 1, 1);
-    rs_step<20>(v2, v3, (tl.c >> 1) & 1, 2);
+    for (int ri = 0; ri < 2; ++ri) {
+      float v[40], v2[20], v3[10];
+      grad_sums<0>(x, y, hr, er, ri, v);
+      rs_step<40>(v, v2, tl.c & 1, 1);
+      rs_step<20>(v2, v3, (tl.c >> 1) & 1, 2);
 #pragma unroll
-    for (int i = 0; i < 10; ++i) qacc[ri * 10 + i] += v3[i];
+      for (int i = 0; i < 10; ++i) qacc[ri * 10 + i] += v3[i];
+    }
   }
 #pragma unroll
   for (int ci = 0; ci < 2; ++ci) {
@@ -1340,7 +1393,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   auto stage_pair = [&](uint32_t base, const float (&x)[8][4], auto to_peer) {
     [[maybe_unused]] uint32_t pmb_peer = 0;
     if constexpr (C::BX)
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(pmb_peer) : "r"(smem_u32(smem + C::OFF_PMB)), "r"(crank ^ 1u));
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+                   : "=r"(pmb_peer) : "r"(smem_u32(smem + C::OFF_PMB)), "r"(crank ^ 1u));
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
@@ -1422,7 +1476,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     }
     tk.red_free();
     tk.compose(y, 1, true, te, 0, [&](const float (&er)[16]) {  // dP
-      if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
+      if (kws_b && !(PROF & 2)) compose_grads<C::QM>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
     });
 #pragma unroll
     for (int h = 0; h < 8; ++h)
@@ -1430,7 +1484,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
     tk.red_free();
     tk.compose(y, 0, true, te, 1, [&](const float (&er)[16]) {  // dA
-      if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
+      if (kws_b && !(PROF & 2)) compose_grads<C::QM>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
     });
     if constexpr (CL2) {
       stage_red(y);
@@ -1675,8 +1729,13 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     for (int ri = 0; ri < 2; ++ri)
 #pragma unroll
       for (int i = 0; i < 10; ++i) {
-        const int row = g + 8 * ri, head = 8 * hw + 4 * (c & 1) + 2 * ((c >> 1) & 1) + i / 5;
-        qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
+        if constexpr (C::QM) {  // qacc[4 d + 2 ri + u]: row g + 8 ri, matrix 8 d + 2 c + u; i = 2 d + u
+          const int row = g + 8 * ri, m = 8 * (i >> 1) + 2 * c + (i & 1), head = 8 * hw + m / 5;
+          qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + m % 5] = qacc[cp][4 * (i >> 1) + 2 * ri + (i & 1)];
+        } else {
+          const int row = g + 8 * ri, head = 8 * hw + 4 * (c & 1) + 2 * ((c >> 1) & 1) + i / 5;
+          qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
+        }
       }
   __syncthreads();
   for (int idx = tid; idx < 2 * kBQ * NL * 5; idx += THREADS) {

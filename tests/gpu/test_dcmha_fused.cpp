@@ -1,11 +1,12 @@
 // The fused DCMHA forward and backward (kernels/dcmha_fused.h) against the CPU reference
-// (kernels/dcmha_cpu.cpp, f32 on the same bf16-rounded inputs) and against the v1 GPU path, on fresh
-// random inputs with dynamic weights of order 0.3 (so Compose matters): N 16/32, D 64/128,
-// T 128/1000/2048/8192, global and local (W 256), and query rows that start inside the sequence. The
-// forward output is NaN-poisoned before every fused call; the backward accumulates into random
-// initial gradients, as dcmha_backward's contract says. This process sets DCF_DCMHA_IMPL=v1, so dcf::dcmha_forward runs the v1 path and
-// the fused kernel is called directly. Seed from the clock (printed); DCF_TEST_SEED=<n> repeats it.
-// Skips with the driver's reason where no GPU is usable.
+// (kernels/dcmha_cpu.cpp, f32 on the same bf16-rounded inputs; run on all cores by query-row blocks,
+// tests/common/dcmha_ref.h) and against the v1 GPU path, on fresh random inputs with dynamic weights of order
+// 0.3 (so Compose matters): N 16/32, D 64/128, T 128/1000/2048/8192, global and local (W 256), and query rows
+// that start inside the sequence. The forward output is NaN-poisoned before every fused call; the backward
+// accumulates into random initial gradients, as dcmha_backward's contract says. This process sets
+// DCF_DCMHA_IMPL=v1, so dcf::dcmha_forward runs the v1 path and the fused kernel is called directly. Seed
+// from the clock (printed); DCF_TEST_SEED=<n> repeats it. Skips with the driver's reason where no GPU is
+// usable.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -21,6 +22,7 @@
 #include "kernels/cuda_runtime.h"
 #include "kernels/dcmha_fused.h"
 #include "kernels/ops.h"
+#include "tests/common/dcmha_ref.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace dcf {
@@ -90,7 +92,7 @@ TEST_P(DcmhaFused, MatchesCpuAndV1) {
   ASSERT_TRUE(cuda::dcmha_fused_supported(sh, q.gpu, k.gpu, v.gpu, dw.gpu, q.gpu, &why)) << why;
 
   Tensor oref = Tensor::empty({c.B, c.T, c.N, c.D}, DType::f32);
-  dcmha_forward(sh, q.cpu, k.cpu, v.cpu, dw.cpu, oref);
+  test::dcmha_forward_threads(sh, q.cpu, k.cpu, v.cpu, dw.cpu, oref);
 
   Tensor ofu = Tensor::empty({c.B, c.T, c.N, c.D}, DType::bf16);
   for (int64_t i = 0; i < ofu.numel(); ++i) ofu.data<uint16_t>()[i] = 0x7fc0;  // NaN poison
@@ -137,7 +139,7 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
 
   Tensor ref[4];
   for (int i = 0; i < 4; ++i) ref[i] = Tensor::zeros(g0[i].cpu.shape(), DType::f32);
-  dcmha_backward(sh, q.cpu, k.cpu, v.cpu, dw.cpu, dout.cpu, ref[0], ref[1], ref[2], ref[3]);
+  test::dcmha_backward_threads(sh, q.cpu, k.cpu, v.cpu, dw.cpu, dout.cpu, ref[0], ref[1], ref[2], ref[3]);
 
   Tensor fu[4], v1[4];
   for (int i = 0; i < 4; ++i) fu[i] = g0[i].gpu.clone(), v1[i] = g0[i].gpu.clone();

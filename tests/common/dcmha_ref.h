@@ -5,8 +5,8 @@
 // q_pos0 advanced by the block's first row, all keys and dynamic weights of the batch element). Rows are
 // independent in the forward and in dq; the key-side gradients (dk, dv and the key-side branches of ddw,
 // summed over query rows) are added into per-thread buffers and summed at the end. The result equals one
-// serial call up to the order of the f32 additions. OpenBLAS is set to one thread per call while the
-// workers run (several callers each with its own pool would oversubscribe the cores).
+// serial call up to the order of the f32 additions. OpenBLAS is set to one thread per call, and left so
+// for the rest of the process (workers that each start a pool of their own would oversubscribe the cores).
 #pragma once
 
 #include <algorithm>

@@ -3,14 +3,17 @@
 // shapes, in one run, with CUDA events (warm-up, median of repeats). Sets DCF_DCMHA_IMPL=v1 so
 // dcmha_forward/backward are the v1 path. Prints two tables: times with the ratios, and the peak device
 // memory of one fused fwd+bwd beyond its inputs at T = 2048, 8192, 32768.
-// Usage: bench_dcmha_fused [reps] [--fwd-only | --no-v1 | --profile [shape]]
+// Usage: bench_dcmha_fused [reps] [--fwd-only] [--no-v1] [--shapes LIST] | [reps] --profile [shape]
 // --no-v1: the v1 columns are left out (NaN), which makes a run several times shorter.
+// --shapes LIST: only these rows of the time table (comma-separated, from 0), and no memory table: for
+// comparing builds on the shapes a change touches.
 // --profile: one fused forward and one backward of one shape (shape: its row in the table, from 0; by
 // default 0, B8 T2048 N16 D64 causal), nothing else, as the target of a profiler. The one-CTA forward,
 // the backward's ablations, the N16 D64 one-CTA backward the 2-CTA cluster build replaced, the other
 // N32 build (head split or one CTA) and the prefetch builds are timed where the kernels were built with
 // -DDCF_KERNEL_TIMING_BUILDS=ON.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -34,13 +37,6 @@ double time_ms(const std::function<void()>& fn, int reps) { return bench::time_m
 
 int main(int argc, char** argv) {
   setenv("DCF_DCMHA_IMPL", "v1", 1);
-  const std::string opt = argc > 2 ? argv[2] : "";
-  if (!opt.empty() && opt != "--profile" && opt != "--fwd-only" && opt != "--no-v1") {
-    std::fprintf(stderr, "bench_dcmha_fused: unknown option '%s' (--fwd-only, --no-v1 or --profile [shape])\n",
-                 opt.c_str());
-    return 2;
-  }
-  const bool profile = opt == "--profile";
   struct Sh {
     int64_t B, T, N, D, W;
   };
@@ -48,27 +44,70 @@ int main(int argc, char** argv) {
   const Sh shapes[] = {Sh{8, 2048, 16, 64, 0},    Sh{8, 2048, 16, 64, 256}, Sh{2, 2048, 32, 128, 0},
                        Sh{2, 2048, 32, 128, 256}, Sh{4, 2048, 16, 128, 0}, Sh{1, 8192, 16, 64, 0}};
   const long n_shapes = long(std::size(shapes));
-  // The shape to profile: a row index of shapes (decimal digits only).
-  long profile_shape = 0;
-  if (profile && argc > 3) {
+  // A row index of shapes (decimal digits only), or -1.
+  auto row_of = [&](const std::string& s) -> long {
     char* end = nullptr;
-    profile_shape = std::strtol(argv[3], &end, 10);
-    if (end == argv[3] || *end != '\0' || profile_shape < 0 || profile_shape >= n_shapes) {
-      std::fprintf(stderr, "bench_dcmha_fused: --profile shape must be 0..%ld, got '%s'\n", n_shapes - 1, argv[3]);
+    const long r = s.empty() ? -1 : std::strtol(s.c_str(), &end, 10);
+    return r >= 0 && r < n_shapes && *end == '\0' && std::isdigit(static_cast<unsigned char>(s[0])) ? r : -1;
+  };
+  bool profile = false, fwd_only = false, no_v1 = false, only_some = false;
+  long profile_shape = 0;  // the shape to profile
+  std::vector<bool> chosen(size_t(n_shapes), true);
+  for (int i = 2; i < argc; ++i) {
+    const std::string opt = argv[i];
+    if (opt == "--fwd-only") {
+      fwd_only = true;
+    } else if (opt == "--no-v1") {
+      no_v1 = true;
+    } else if (opt == "--profile") {
+      profile = true;
+      if (i + 1 < argc && (profile_shape = row_of(argv[++i])) < 0) {
+        std::fprintf(stderr, "bench_dcmha_fused: --profile shape must be 0..%ld, got '%s'\n", n_shapes - 1, argv[i]);
+        return 2;
+      }
+    } else if (opt == "--shapes") {
+      if (i + 1 == argc) {
+        std::fprintf(stderr, "bench_dcmha_fused: --shapes needs a list of rows, e.g. 0,1,5\n");
+        return 2;
+      }
+      only_some = true;
+      std::fill(chosen.begin(), chosen.end(), false);
+      const std::string list = argv[++i];
+      size_t pos = 0;
+      while (true) {
+        const size_t comma = list.find(',', pos);
+        const long r = row_of(list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+        if (r < 0) {
+          std::fprintf(stderr, "bench_dcmha_fused: --shapes takes rows 0..%ld separated by commas, got '%s'\n",
+                       n_shapes - 1, list.c_str());
+          return 2;
+        }
+        chosen[size_t(r)] = true;
+        if (comma == std::string::npos) break;
+        pos = comma + 1;
+      }
+    } else {
+      std::fprintf(stderr,
+                   "bench_dcmha_fused: unknown option '%s' (--fwd-only, --no-v1, --shapes LIST or --profile [shape])\n",
+                   opt.c_str());
       return 2;
     }
+  }
+  if (profile && (fwd_only || no_v1 || only_some)) {
+    std::fprintf(stderr, "bench_dcmha_fused: --profile takes no other option\n");
+    return 2;
   }
   try {
     if (!bench::gpu_ready()) return 0;
     std::string why;
     const int reps = argc > 1 ? std::atoi(argv[1]) : 15;
-    const bool fwd_only = opt == "--fwd-only", no_v1 = opt == "--no-v1";
     long shape_index = -1;
     const bool timing = cuda::dcmha_fused_timing_builds();  // -DDCF_KERNEL_TIMING_BUILDS=ON
     std::printf("%-24s %8s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n", "shape (causal, bf16)", "fused_f", "occ1_f",
                 "fused_b", "fused_fb", "v1_f", "v1_fb", "cudnn_f", "cudnn_fb", "fusedTF", "v1/fu_fb", "fu/cuD_fb");
     for (const Sh& c : shapes) {
-      if (++shape_index != profile_shape && profile) continue;
+      ++shape_index;
+      if (profile ? shape_index != profile_shape : !chosen[size_t(shape_index)]) continue;
       DcmhaShape sh{.B = c.B, .T = c.T, .S = c.T, .N = c.N, .D = c.D, .I = 2, .window = c.W, .compose = true,
                     .chunk = 256};
       Tensor q = random_gpu({c.B, c.T, c.N, c.D}, 0.2, 5), k = random_gpu({c.B, c.T, c.N, c.D}, 1, 6),
@@ -161,7 +200,7 @@ int main(int argc, char** argv) {
                 "backward reading the forward's statistics); cudnn: plain MHA (compose off); fusedTF: "
                 "matmul TFLOP/s of the fused fwd (6D per head per allowed cell); occ1_f: N16 D64 fwd at one CTA/SM%s\n",
                 timing ? "" : " (occ1_f, ablations and prefetch builds: configure with -DDCF_KERNEL_TIMING_BUILDS=ON)");
-    if (!fwd_only) {
+    if (!fwd_only && !only_some) {
       // Memory: peak device bytes of one fused fwd+bwd beyond the inputs and gradients (allocated first).
       std::printf("\n%-24s %12s %12s %14s\n", "shape (causal, bf16)", "inputs MiB", "extra MiB", "extra B/token");
       for (int64_t T : {2048, 8192, 32768}) {

@@ -1390,11 +1390,10 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // own shared::cta addresses are valid ones; the peer's come from mapa), this CTA's rows at roff. Stores
   // to the peer are posted; the cluster barrier (B) of the tile orders them before the peer's reads, or
   // (C::BX, to_peer) they are st.async, each counting its 4 bytes on the peer's pair mbarrier.
+  [[maybe_unused]] const uint32_t pmb = smem_u32(smem + C::OFF_PMB);  // C::BX: this CTA's pair mbarrier
   auto stage_pair = [&](uint32_t base, const float (&x)[8][4], auto to_peer) {
     [[maybe_unused]] uint32_t pmb_peer = 0;
-    if constexpr (C::BX)
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-                   : "=r"(pmb_peer) : "r"(smem_u32(smem + C::OFF_PMB)), "r"(crank ^ 1u));
+    if constexpr (C::BX) pmb_peer = Tl::peer_addr(pmb, crank ^ 1u);
 #pragma unroll
     for (int h = 0; h < 8; ++h)
 #pragma unroll
@@ -1420,7 +1419,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     while (!done)
       asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
                    " selp.u32 %0, 1, 0, p;\n}\n"
-                   : "=r"(done) : "r"(smem_u32(smem + C::OFF_PMB)), "r"(par) : "memory");
+                   : "=r"(done) : "r"(pmb), "r"(par) : "memory");
   };
   // CL2: this CTA's dA for its own dQ, in exchange buffer 0 (free from the dA Compose's barrier to the
   // next tile's first Compose): the region of warp (kwp, hw) holds heads 8 hw .. + 7, rows 0-15, keys
@@ -1437,7 +1436,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   };
   static_assert(!CL2 || Tl::RED_BYTES == NW * 2048, "own dA in exchange buffer 0");
   uint32_t pp_own = smem_u32(Pp), pp_peer = pp_own;
-  if constexpr (CL2) asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(pp_peer) : "r"(pp_own), "r"(crank ^ 1u));
+  if constexpr (CL2) pp_peer = Tl::peer_addr(pp_own, crank ^ 1u);
 
   if constexpr (AHEAD) load_key_frags<NL, D>(kf, kb_, kstart_c, S, tl);
   // Exchange buffers of the four Composes of a tile: 0 (Z), 1 (P'), 0 (dP), 1 (dA); buffer 1 aliases
@@ -1494,7 +1493,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
         if (tid == 0) {
           uint64_t state;
           asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 %0, [%1], %2;\n"
-                       : "=l"(state) : "r"(smem_u32(smem + C::OFF_PMB)), "n"(PAIR_TX) : "memory");
+                       : "=l"(state) : "r"(pmb), "n"(PAIR_TX) : "memory");
         }
       } else {
         cluster_arrive();  // (B) this CTA's half of the pair's P' and dA written
@@ -1708,7 +1707,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // pair mbarrier with C::BX (the default), otherwise the same cluster barrier, alternating with (A).
   if constexpr (C::BX) {  // the pair mbarrier: initialised before (A)'s first phase, which the peer waits for
     if (tid == 0) {
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(smem + C::OFF_PMB)) : "memory");
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(pmb) : "memory");
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
   }

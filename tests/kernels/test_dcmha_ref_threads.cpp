@@ -22,12 +22,6 @@ Tensor randn(const Shape& s, std::mt19937_64& g, double scale) {
   return t;
 }
 
-Tensor copy(const Tensor& a) {
-  Tensor t = Tensor::empty(a.shape(), DType::f32);
-  std::copy(a.data<float>(), a.data<float>() + a.numel(), t.data<float>());
-  return t;
-}
-
 // max |a - b| / max |b|.
 double rel_max(const Tensor& a, const Tensor& b) {
   double num = 0, den = 0;
@@ -63,7 +57,7 @@ TEST_P(DcmhaRefThreads, MatchesOneSerialCall) {
 
   Tensor g1[4] = {randn(q.shape(), g, 0.5), randn(k.shape(), g, 0.5), randn(v.shape(), g, 0.5),
                   randn(dw.shape(), g, 0.5)};
-  Tensor g2[4] = {copy(g1[0]), copy(g1[1]), copy(g1[2]), copy(g1[3])};
+  Tensor g2[4] = {g1[0].clone(), g1[1].clone(), g1[2].clone(), g1[3].clone()};
   cpu::dcmha_backward<float>(sh, q.data<float>(), k.data<float>(), v.data<float>(), dw.data<float>(),
                              dout.data<float>(), g1[0].data<float>(), g1[1].data<float>(), g1[2].data<float>(),
                              g1[3].data<float>());

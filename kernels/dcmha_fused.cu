@@ -72,6 +72,11 @@
 #ifndef DCF_BWD_QMMA
 #define DCF_BWD_QMMA 0
 #endif
+// A Compose's partial reads (8-head dot products per cell and read): 0 = one chain of 8 dependent FMAs;
+// 1 = two chains of 4 (heads 0-3, 4-7) and one addition: 16 more FADD per Compose, half the chain length.
+#ifndef DCF_SPLIT_READS
+#define DCF_SPLIT_READS 0
+#endif
 
 namespace dcf::cuda {
 namespace {
@@ -335,10 +340,17 @@ struct Tile {
 #pragma unroll
           for (int p = 0; p < 2; ++p) {
             const int e = side ? 2 * p + o : 2 * o + p;
-            float s = 0.f;
+            if constexpr (DCF_SPLIT_READS) {
+              float s0 = aw[0] * x[0][e], s1 = aw[4] * x[4][e];
 #pragma unroll
-            for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][e], s);
-            hp[e * 4 + r * 2 + side] = s;
+              for (int h = 1; h < 4; ++h) s0 = fmaf(aw[h], x[h][e], s0), s1 = fmaf(aw[h + 4], x[h + 4][e], s1);
+              hp[e * 4 + r * 2 + side] = s0 + s1;
+            } else {
+              float s = 0.f;
+#pragma unroll
+              for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][e], s);
+              hp[e * 4 + r * 2 + side] = s;
+            }
           }
         }
       }

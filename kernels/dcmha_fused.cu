@@ -1305,7 +1305,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
         tl.store_key_weights(kwr, tl.kw);
       }
     };
-    if constexpr (AHEAD) {
+    if constexpr (PROF & 8) {  // timing only: no Delta pass (Delta = 0)
+    } else if constexpr (AHEAD) {
       load_key_frags<NL, D>(kf, kb_, kstart, S, tl);
       for_key_tiles_self_staged<NL>(tl, dwb, kstart, khi, S, tile_a);
     } else {
@@ -1983,14 +1984,15 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   const bool pf = sh.N == 16 && sh.D == 64 && env_on("DCF_DCMHA_FUSED_PF");
   if (ablate != 0 || pf) {
     require_timing_builds(ablate != 0 ? "a backward ablation" : "DCF_DCMHA_FUSED_PF=1");
-    DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 5, "dcmha_fused_backward: ablation ", ablate,
-              " is not built (1-5, N16 D64 only)");
+    DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 6, "dcmha_fused_backward: ablation ", ablate,
+              " is not built (1-6, N16 D64 only)");
 #if DCF_KERNEL_TIMING_BUILDS
     if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, B, st);
     else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, B, st);
     else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, B, st);
     else if (ablate == 4) launch_bwd<16, 64, 4, false, true>(a, B, st);
     else if (ablate == 5) launch_bwd<16, 64>(a, B, st);
+    else if (ablate == 6) launch_bwd<16, 64, 8, false, true>(a, B, st);
     else launch_bwd<16, 64, 0, true>(a, B, st);
 #endif
   } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, B, st);

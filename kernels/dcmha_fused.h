@@ -37,7 +37,8 @@ bool dcmha_fused_timing_builds();
 // the same accumulate contract as dcmha_backward. Runs on stream st (= the current stream).
 // ablate != 0 (N16 D64 only, timing builds only, wrong results): 1 skips the tensor-core stage, 2 the
 // weight gradients, 3 both, 4 only the reductions (bulk adds to global memory) of the tensor-core stage;
-// 5 runs the one-CTA kernel the default (2-CTA cluster) build replaced, with correct results.
+// 5 runs the one-CTA kernel the default (2-CTA cluster) build replaced, with correct results; 6 skips
+// pass A (the Delta pass).
 void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                           const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw, cudaStream_t st,
                           int ablate = 0);

@@ -181,8 +181,8 @@ int main(int argc, char** argv) {
       if (timing && c.N == 16 && c.D == 64 && !fwd_only) {  // where the backward's time goes (timing-only builds)
         std::printf("  bwd ablations:");
         static const char* const names[] = {"", "no-tensor-core-stage", "no-weight-grads", "neither",
-                                            "no-reductions", "one-cta-kernel"};
-        for (int ab : {1, 2, 3, 4, 5}) {
+                                            "no-reductions", "one-cta-kernel", "no-delta-pass"};
+        for (int ab : {1, 2, 3, 4, 5, 6}) {
           const double t = time_ms(
               [&] { cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream(), ab); },
               reps);

@@ -66,24 +66,6 @@
 #ifndef DCF_CL2_B_ASYNC
 #define DCF_CL2_B_ASYNC 1
 #endif
-// The backward's query-side weight gradients (row sums over each tile's keys): 0 = summed in registers
-// and reduce-scattered over the quad by shuffles; 1 = in the N16 D64 builds, summed by the tensor cores
-// (tf32 mma against a 0/1 routing matrix, query_grads_mma), no shuffles. Built, not yet run on a GPU.
-#ifndef DCF_BWD_QMMA
-#define DCF_BWD_QMMA 0
-#endif
-// A Compose's partial reads (8-head dot products per cell and read): 0 = one chain of 8 dependent FMAs;
-// 1 = two chains of 4 (heads 0-3, 4-7) and one addition: 16 more FADD per Compose, half the chain length.
-// The N16 D64 backward's Delta pass (pass A) and, where the forward's statistics are not given, its pass 1:
-// 0 = inside the backward kernel (one CTA per SM at 255 registers); 1 = a kernel of their own at the
-// forward's occupancy (two CTAs per SM, 128 registers) writing Delta (and the statistics) for the
-// backward kernel, which then runs pass C only.
-#ifndef DCF_BWD_DELTA_KERNEL
-#define DCF_BWD_DELTA_KERNEL 0
-#endif
-#ifndef DCF_SPLIT_READS
-#define DCF_SPLIT_READS 0
-#endif
 
 namespace dcf::cuda {
 namespace {
@@ -99,15 +81,6 @@ struct FusedArgs {
   int T, S, q_pos0, window;
 };
 
-// c += A (16 x 8, tf32 from fp32 registers: the low 13 mantissa bits are ignored) B (8 x 8 tf32).
-[[maybe_unused]] __device__ __forceinline__ void mma_tf32(float (&c)[4], float a0, float a1, float a2, float a3, uint32_t b0,
-                                         uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(__float_as_uint(a0)), "r"(__float_as_uint(a1)), "r"(__float_as_uint(a2)), "r"(__float_as_uint(a3)),
-        "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -347,17 +320,10 @@ struct Tile {
 #pragma unroll
           for (int p = 0; p < 2; ++p) {
             const int e = side ? 2 * p + o : 2 * o + p;
-            if constexpr (DCF_SPLIT_READS) {
-              float s0 = aw[0] * x[0][e], s1 = aw[4] * x[4][e];
+            float s = 0.f;
 #pragma unroll
-              for (int h = 1; h < 4; ++h) s0 = fmaf(aw[h], x[h][e], s0), s1 = fmaf(aw[h + 4], x[h + 4][e], s1);
-              hp[e * 4 + r * 2 + side] = s0 + s1;
-            } else {
-              float s = 0.f;
-#pragma unroll
-              for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][e], s);
-              hp[e * 4 + r * 2 + side] = s;
-            }
+            for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][e], s);
+            hp[e * 4 + r * 2 + side] = s;
           }
         }
       }
@@ -880,149 +846,6 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
 }
 
 // ---------------------------------------------------------------------------------------------
-// Delta kernel (DCF_BWD_DELTA_KERNEL, N16 D64): the backward's pass 1 (unless the forward's statistics
-// are given) and pass A, Delta[n, t] = sum_s P dP with dP = Compose_post^T(dO V^T), laid out as the
-// forward: all heads of 16 query rows per CTA, Q and dO staged in fragment order, bf16 weights, MINB CTAs
-// per SM. Writes delta [B, T, N] (and the statistics); the backward kernel reads both and skips its passes
-// 1 and A.
-struct DeltaArgs {
-  const bf16 *q, *k, *v, *dw, *dout;
-  float2* stats;  // [B, T, N] (m, 1/l): read where have_stats, else written
-  float* delta;   // [B, T, N] out
-  int T, S, q_pos0, window, have_stats;
-};
-
-template <int N, int D, int MINB>
-struct DeltaCfg {
-  using WT = uint16_t;
-  using Tl = Tile<N, WT, N>;
-  static constexpr int NC = D / 32;
-  static constexpr int LIMIT = MINB == 1 ? 227 * 1024 : 228 * 1024 / MINB - 1024;
-  static constexpr int Q_BYTES = N * NC * 2 * 32 * 16;  // Q or dO in fragment order
-  static constexpr int PART_BYTES = 4 * N * kBQ * 8;
-  static constexpr int RED_U = Tl::RED_BYTES > PART_BYTES ? Tl::RED_BYTES : PART_BYTES;
-  static constexpr int OFF_DO = Q_BYTES;
-  static constexpr int OFF_QW = 2 * Q_BYTES;
-  static constexpr int OFF_KW = OFF_QW + 2 * kBQ * Tl::WS * 2;
-  static constexpr int OFF_RED = OFF_KW + 2 * kBK * Tl::WS * 2;
-  static constexpr int OFF_ST = OFF_RED + RED_U;
-  static constexpr int SMEM = OFF_ST + N * kBQ * 8;
-  static_assert(SMEM <= LIMIT, "delta kernel shared memory");
-};
-
-template <int N, int D, int MINB>
-__global__ void __launch_bounds__(16 * N, MINB) dcmha_fused_delta_kernel(DeltaArgs a) {
-  using C = DeltaCfg<N, D, MINB>;
-  using Tl = typename C::Tl;
-  using WT = typename C::WT;
-  constexpr int NC = C::NC, THREADS = Tl::THREADS;
-  constexpr int64_t WN = Tl::WN;
-  extern __shared__ __align__(128) unsigned char smem[];
-  uint4* Qs = reinterpret_cast<uint4*>(smem);               // [N][NC][2][32]
-  uint4* Ds = reinterpret_cast<uint4*>(smem + C::OFF_DO);   // dO, the same layout
-  float2* st = reinterpret_cast<float2*>(smem + C::OFF_ST);  // [N][kBQ]: (m, 1/l)
-  float* red = reinterpret_cast<float*>(smem + C::OFF_RED);
-  const Tl tl(reinterpret_cast<WT*>(smem + C::OFF_QW), reinterpret_cast<WT*>(smem + C::OFF_KW), red, red);
-  const int tid = tl.tid, lane = tl.lane, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
-  const int b = blockIdx.y;
-  const int t0 = tile_row0<false>();
-  const int T = a.T, S = a.S, W = a.window;
-  const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
-
-  for (int idx = tid; idx < N * NC * 64; idx += THREADS) {
-    const int l = idx & 31, half = (idx >> 5) & 1, nj = idx >> 6, n = nj / NC, j = nj % NC;
-    const int t = min(t0 + (l >> 2) + 8 * half, T - 1);
-    const int64_t off = ((int64_t(b) * T + t) * N + n) * D + 32 * j + 8 * (l & 3);
-    Qs[idx] = ldg16(a.q + off);
-    Ds[idx] = ldg16(a.dout + off);
-  }
-  tl.stage_query_weights(dwb, a.q_pos0, t0, T);
-  const bool rowok[2] = {t0 + g < T, t0 + g + 8 < T};
-  const int tp[2] = {a.q_pos0 + min(t0 + g, T - 1), a.q_pos0 + min(t0 + g + 8, T - 1)};
-  const int pfirst = a.q_pos0 + t0, plast = a.q_pos0 + min(t0 + kBQ - 1, T - 1);
-  const int klo = W ? max(0, pfirst - W + 1) : 0;
-  const int khi = min(S - 1, plast);
-  const int kstart = klo & ~(kBK - 1);
-
-  // Q K^T (As = Qs) or dO V^T (As = Ds, base = v) of key tile kb for this warp's 8 heads.
-  auto scores = [&](float (&sc)[8][4], const uint4* As, const bf16* base, int kb) {
-    const int key = min(kb + 8 * kwp + g, S - 1);  // keys past S are masked; clamping keeps loads in bounds
-    const bf16* kp = base + ((int64_t(b) * S + key) * N + 8 * hw) * D + 8 * c;
-#pragma unroll
-    for (int h = 0; h < 8; ++h) {
-      sc[h][0] = sc[h][1] = sc[h][2] = sc[h][3] = 0.f;
-#pragma unroll
-      for (int j = 0; j < NC; ++j) {
-        const uint4 kk = ldg16(kp + h * D + 32 * j);
-        const uint4 qa = As[(((8 * hw + h) * NC + j) * 2 + 0) * 32 + lane];
-        const uint4 qb = As[(((8 * hw + h) * NC + j) * 2 + 1) * 32 + lane];
-        mma_bf16(sc[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
-        mma_bf16(sc[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
-      }
-    }
-  };
-  auto cell_ok = [&](int kb, int e) {
-    return rowok[e >> 1] && allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W);
-  };
-  auto qk = [&](float (&sc)[8][4], int kb) { scores(sc, Qs, a.k, kb); };
-
-  __syncthreads();  // Qs, Ds staged
-  if (a.have_stats) {
-    for (int idx = tid; idx < N * kBQ; idx += THREADS) {
-      const int n = idx / kBQ, row = idx % kBQ;
-      st[idx] = t0 + row < T ? a.stats[(int64_t(b) * T + t0 + row) * N + n] : make_float2(-INFINITY, 0.f);
-    }
-  } else {
-    row_stats<N>(tl, static_cast<WT*>(nullptr), dwb, kstart, khi, S, qk, cell_ok, st);
-    for (int idx = tid; idx < N * kBQ; idx += THREADS) {
-      const int n = idx / kBQ, row = idx % kBQ;
-      if (t0 + row < T) a.stats[(int64_t(b) * T + t0 + row) * N + n] = st[idx];
-    }
-  }
-  float dacc[8][2];
-#pragma unroll
-  for (int h = 0; h < 8; ++h) dacc[h][0] = dacc[h][1] = 0.f;
-  // (for_key_tiles starts with a barrier: st is visible before the first probs)
-  for_key_tiles<N>(tl, static_cast<WT*>(nullptr), dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
-    float x[8][4], y[8][4], tot[16];
-    qk(x, kb);
-    tk.compose(x, 0, false, tot, 0);
-    probs<N>(x, tk, st, kb, cell_ok);
-    scores(y, Ds, a.v, kb);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const bool ok = cell_ok(kb, e);
-#pragma unroll
-      for (int h = 0; h < 8; ++h) y[h][e] = ok ? y[h][e] : 0.f;
-    }
-    tk.red_free();
-    tk.compose(y, 1, true, tot, 0);  // dP
-#pragma unroll
-    for (int h = 0; h < 8; ++h)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dacc[h][e >> 1] = fmaf(x[h][e], y[h][e], dacc[h][e >> 1]);
-  });
-  __syncthreads();
-  float* part = red;  // [4][N][kBQ]
-#pragma unroll
-  for (int h = 0; h < 8; ++h)
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      float s = dacc[h][ri];
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      s += __shfl_xor_sync(0xffffffffu, s, 2);
-      if (c == 0) part[(kwp * N + 8 * hw + h) * kBQ + g + 8 * ri] = s;
-    }
-  __syncthreads();
-  for (int idx = tid; idx < N * kBQ; idx += THREADS) {
-    const int n = idx / kBQ, row = idx % kBQ;
-    if (t0 + row < T)
-      a.delta[(int64_t(b) * T + t0 + row) * N + n] =
-          part[idx] + part[N * kBQ + idx] + part[2 * N * kBQ + idx] + part[3 * N * kBQ + idx];
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Backward (dcmha.md §3.1-§3.4). One CTA per (batch, 16 query rows), all heads, three passes over
 // the key tiles of those rows:
 //   1. row statistics (m, 1/l) of the pre-Composed logits (as the forward's pass 1);
@@ -1049,7 +872,6 @@ struct BwdArgs {
   const bf16 *q, *k, *v, *dw, *dout;
   bf16* ddw;                 // query-side branches (0, 2) are added here directly; null: no ddw
   const float2* stats;       // optional [B, T, N] (m, 1/l) from the forward: pass 1 is skipped
-  const float* delta;        // optional [B, T, N] Delta (the Delta kernel): pass A is skipped (needs stats)
   float *dq, *dk, *dv, *kws;  // fp32 workspaces, zeroed: [B,T,N,D], [B,S,N,D] x 2, [B,S,2,5,N]
   int T, S, q_pos0, window;
 };
@@ -1076,9 +898,6 @@ struct BwdCfg {
   // - F32W: the dynamic weights are staged as fp32 (the others keep bf16).
   static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
   static constexpr bool F32W = QD_SMEM;
-  // QM (DCF_BWD_QMMA): the query-side weight gradients summed by the tensor cores (compose_grads), in the
-  // N16 D64 builds only (the others, short of registers already, spill more with it).
-  static constexpr bool QM = DCF_BWD_QMMA && QD_SMEM;
   static_assert(!SPL || (N == 32 && PF && !CL2), "the head split is the N32 builds' (with the prefetch)");
   using WT = std::conditional_t<F32W, float, uint16_t>;
   using Tl = Tile<NL, WT, N>;
@@ -1179,63 +998,23 @@ __device__ __forceinline__ void grad_sums(const float (&x)[8][4], const float (&
   }
 }
 
-// DCF_BWD_QMMA (C::QM): the query side's row sums through the tensor cores instead of shuffles. The 40
-// product matrices M_i of a Compose (i = 5 h + gradient, 16 rows x the warp's 8 keys, in C-fragment
-// layout) are the A operands of m16n8k8 tf32 mma (key 2c + u of the fragment as k = c + 4 u: the order of
-// k is immaterial to a sum) against B = ones in column i % 8, summed for the tile in five 16 x 8
-// accumulators and added to qacc: qacc[4 d + 2 ri + u] is the sum for row g + 8 ri of M_(8 d + 2 c + u).
-// (The lane mapping was checked by emulating the mma fragments over 32 lanes: every (row, matrix) sum
-// lands in exactly one lane.)
-template <int N, class W, int NT>
-__device__ __forceinline__ void query_grads_mma(const Tile<N, W, NT>& tl, const float (&x)[8][4],
-                                                const float (&y)[8][4], const float (&hr)[16],
-                                                const float (&er)[16], float (&qacc)[20]) {
-#pragma unroll
-  for (int d = 0; d < 5; ++d) {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};  // fresh (qacc need not sit in the mma's register quads)
-#pragma unroll
-    for (int col = 0; col < 8; ++col) {
-      const uint32_t b = tl.g == col ? 0x3f800000u : 0u;
-      const int i = 8 * d + col, h = i / 5, j = i % 5;
-      float p[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float X = x[h][e], Y = y[h][e];
-        p[e] = j == 0   ? X * er[e * 4]
-               : j == 1 ? X * er[e * 4 + 2]
-               : j == 2 ? hr[e * 4] * Y
-               : j == 3 ? hr[e * 4 + 2] * Y
-                        : X * Y;
-      }
-      mma_tf32(acc, p[0], p[2], p[1], p[3], b, b);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) qacc[4 * d + k] += acc[k];
-  }
-}
-
 // The weight gradients of one Compose over this tile (dcmha.md §3.1): X its input, Y the gradient of its
 // output, hr the reads of X (a-weights) and er the back-reads of Y (b-weights), both in total_reads
 // layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
-// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg), or with QM
-// summed by the tensor cores (query_grads_mma, another qacc layout). Key side: column sums over the 16
-// rows, reduce-scattered over the 8 lanes of a key column, added to kws.
-template <bool QM, int N, class W, int NT>
+// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
+// column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
+template <int N, class W, int NT>
 __device__ __forceinline__ void compose_grads(const Tile<N, W, NT>& tl, const float (&x)[8][4], const float (&y)[8][4],
                                               const float (&hr)[16], const float (&er)[16], float (&qacc)[20],
                                               float* kws_b, int slot, int kb, int S) {
-  if constexpr (QM) {
-    query_grads_mma(tl, x, y, hr, er, qacc);
-  } else {
 #pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      float v[40], v2[20], v3[10];
-      grad_sums<0>(x, y, hr, er, ri, v);
-      rs_step<40>(v, v2, tl.c & 1, 1);
-      rs_step<20>(v2, v3, (tl.c >> 1) & 1, 2);
+  for (int ri = 0; ri < 2; ++ri) {
+    float v[40], v2[20], v3[10];
+    grad_sums<0>(x, y, hr, er, ri, v);
+    rs_step<40>(v, v2, tl.c & 1, 1);
+    rs_step<20>(v2, v3, (tl.c >> 1) & 1, 2);
 #pragma unroll
-      for (int i = 0; i < 10; ++i) qacc[ri * 10 + i] += v3[i];
-    }
+    for (int i = 0; i < 10; ++i) qacc[ri * 10 + i] += v3[i];
   }
 #pragma unroll
   for (int ci = 0; ci < 2; ++ci) {
@@ -1395,11 +1174,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     dov_mask(x, kb);
   };
 
-  // DK (DCF_BWD_DELTA_KERNEL, the N16 D64 cluster build): passes 1 and A ran in the Delta kernel, whose
-  // statistics and Delta are always given (a.stats, a.delta).
-  constexpr bool DK = DCF_BWD_DELTA_KERNEL && C::QD_SMEM && CL2 && PROF == 0;
   // ---- pass 1: row statistics (or the forward's).
-  if (DK || a.stats) {
+  if (a.stats) {
     for (int idx = tid; idx < NL * kBQ; idx += THREADS) {
       const int n = idx / kBQ, row = idx % kBQ;
       st[idx] = t0 + row < T ? a.stats[(int64_t(b) * T + t0 + row) * N + hoff + n] : make_float2(-INFINITY, 0.f);
@@ -1426,7 +1202,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     tl.load_key_weights(dwb, kb, S, kwr);
   };
 
-  // ---- pass A: Delta = rowsum(P * dP) (DK: read from the Delta kernel's output).
+  // ---- pass A: Delta = rowsum(P * dP).
   {
     float dacc[8][2];
 #pragma unroll
@@ -1460,7 +1236,6 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       }
     };
     if constexpr (PROF & 8) {  // timing only: no Delta pass (Delta = 0)
-    } else if constexpr (DK) {
     } else if constexpr (AHEAD) {
       load_key_frags<NL, D>(kf, kb_, kstart, S, tl);
       for_key_tiles_self_staged<NL>(tl, dwb, kstart, khi, S, tile_a);
@@ -1479,11 +1254,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
         if (c == 0) part[(kwp * NL + 8 * hw + h) * kBQ + g + 8 * ri] = s;
       }
     __syncthreads();
-    for (int idx = tid; idx < NL * kBQ; idx += THREADS) {
-      const int n = idx / kBQ, row = idx % kBQ;
-      dl[idx] = DK ? (t0 + row < T ? a.delta[(int64_t(b) * T + t0 + row) * N + hoff + n] : 0.f)
-                        : part[idx] + part[NL * kBQ + idx] + part[2 * NL * kBQ + idx] + part[3 * NL * kBQ + idx];
-    }
+    for (int idx = tid; idx < NL * kBQ; idx += THREADS)
+      dl[idx] = part[idx] + part[NL * kBQ + idx] + part[2 * NL * kBQ + idx] + part[3 * NL * kBQ + idx];
     if constexpr (SPL) cluster_sync();  // exchange buffer 0 (part) free in both CTAs
   }
 
@@ -1646,7 +1418,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     }
     tk.red_free();
     tk.compose(y, 1, true, te, 0, [&](const float (&er)[16]) {  // dP
-      if (kws_b && !(PROF & 2)) compose_grads<C::QM>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
+      if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
     });
 #pragma unroll
     for (int h = 0; h < 8; ++h)
@@ -1654,7 +1426,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
     tk.red_free();
     tk.compose(y, 0, true, te, 1, [&](const float (&er)[16]) {  // dA
-      if (kws_b && !(PROF & 2)) compose_grads<C::QM>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
+      if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
     });
     if constexpr (CL2) {
       stage_red(y);
@@ -1899,13 +1671,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     for (int ri = 0; ri < 2; ++ri)
 #pragma unroll
       for (int i = 0; i < 10; ++i) {
-        if constexpr (C::QM) {  // qacc[4 d + 2 ri + u]: row g + 8 ri, matrix 8 d + 2 c + u; i = 2 d + u
-          const int row = g + 8 * ri, m = 8 * (i >> 1) + 2 * c + (i & 1), head = 8 * hw + m / 5;
-          qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + m % 5] = qacc[cp][4 * (i >> 1) + 2 * ri + (i & 1)];
-        } else {
-          const int row = g + 8 * ri, head = 8 * hw + 4 * (c & 1) + 2 * ((c >> 1) & 1) + i / 5;
-          qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
-        }
+        const int row = g + 8 * ri, head = 8 * hw + 4 * (c & 1) + 2 * ((c >> 1) & 1) + i / 5;
+        qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
       }
   __syncthreads();
   for (int idx = tid; idx < 2 * kBQ * NL * 5; idx += THREADS) {
@@ -2009,16 +1776,6 @@ void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
     kern<<<grid, C::Tl::THREADS, C::SMEM, st>>>(a, maps);
     DCF_CUDA_LAUNCH_CHECK();
   }
-}
-
-template <int N, int D, int MINB>
-void launch_delta(const DeltaArgs& a, int B, cudaStream_t st) {
-  using C = DeltaCfg<N, D, MINB>;
-  auto kern = dcmha_fused_delta_kernel<N, D, MINB>;
-  DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
-  dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
-  kern<<<grid, C::Tl::THREADS, C::SMEM, st>>>(a);
-  DCF_CUDA_LAUNCH_CHECK();
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -2140,7 +1897,6 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.dout = static_cast<const bf16*>(dout.raw());
   a.ddw = ddw.defined() ? static_cast<bf16*>(ddw.raw()) : nullptr;
   a.stats = reinterpret_cast<const float2*>(sh.softmax_stats);
-  a.delta = nullptr;
   a.dq = dq32.data<float>();
   a.dk = dk32.data<float>();
   a.dv = dv32.data<float>();
@@ -2164,21 +1920,7 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
     else if (ablate == 6) launch_bwd<16, 64, 8, false, true>(a, B, st);
     else launch_bwd<16, 64, 0, true>(a, B, st);
 #endif
-  } else if (sh.N == 16 && sh.D == 64) {
-#if DCF_BWD_DELTA_KERNEL
-    // Passes 1 and A in the Delta kernel; its outputs (and the statistics it writes where the forward's
-    // are not given) live until the backward kernel, queued behind it on st, has read them.
-    Tensor delta = Tensor::empty({sh.B * sh.T * sh.N}, DType::f32, dev);
-    Tensor stats = a.stats ? Tensor() : Tensor::empty({sh.B * sh.T * sh.N * 2}, DType::f32, dev);
-    DeltaArgs da{a.q, a.k, a.v, a.dw, a.dout,
-                 a.stats ? const_cast<float2*>(a.stats) : reinterpret_cast<float2*>(stats.data<float>()),
-                 delta.data<float>(), a.T, a.S, a.q_pos0, a.window, a.stats ? 1 : 0};
-    launch_delta<16, 64, 2>(da, B, st);
-    a.stats = da.stats;
-    a.delta = da.delta;
-#endif
-    launch_bwd<16, 64, 0, false, true>(a, B, st);
-  }
+  } else if (sh.N == 16 && sh.D == 64) launch_bwd<16, 64, 0, false, true>(a, B, st);
   else if (sh.N == 16 && sh.D == 128) launch_bwd<16, 128>(a, B, st);
   else if (sh.N == 32) {
     const bool split = n32_split();

@@ -2,7 +2,7 @@
 # On a GPU machine: time builds of the fused DCMHA kernels that differ in compile-time options, side by side.
 # One build directory per variant (its CMAKE_CUDA_FLAGS), all built at once; optionally the whole fused
 # suite per variant (four gtest shards at once); then bench_dcmha_fused alternating between the variants.
-#   NCCL_ROOT=... CUDNN_ROOT=... bash scripts/kernel_ab.sh OUT_DIR "" "-DDCF_BWD_QMMA=1" ...
+#   NCCL_ROOT=... CUDNN_ROOT=... bash scripts/kernel_ab.sh OUT_DIR "" "-DDCF_CL2_B_ASYNC=0" ...
 # Each variant argument is one CMAKE_CUDA_FLAGS string ("" = the default build). Environment: RUNS (2:
 # passes over the variants), BENCH_ARGS (default "7 --no-v1"; e.g. "7 --no-v1 --shapes 0,1,5"), TESTS=1
 # (run test_dcmha_fused in each variant first), EXTRA_CMAKE (more CMake flags), BUILD_ROOT (default

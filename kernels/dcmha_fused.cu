@@ -67,6 +67,18 @@
 #define DCF_CL2_B_ASYNC 1
 #endif
 
+// Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
+// Compose cost, in all kernels at once. 1 = no exchange barrier (the key slice's named barrier between the
+// partial reads and their sum is skipped; the sums read whatever the buffer holds); 2 = no weight loads
+// (every staged weight is one value the thread computes once: the bound for weights held in registers);
+// 3 = both.
+#ifndef DCF_ABLATE_COMPOSE
+#define DCF_ABLATE_COMPOSE 0
+#endif
+#if DCF_ABLATE_COMPOSE && !DCF_KERNEL_TIMING_BUILDS
+#error "DCF_ABLATE_COMPOSE gives wrong results: timing builds only (-DDCF_KERNEL_TIMING_BUILDS=ON)"
+#endif
+
 namespace dcf::cuda {
 namespace {
 
@@ -177,7 +189,12 @@ struct Tile {
 
   // Eight staged weights (8 consecutive heads) as fp32.
   static __device__ __forceinline__ void ld8(const W* p, float (&f)[8]) {
-    if constexpr (F32) {
+    if constexpr (DCF_ABLATE_COMPOSE & 2) {
+      (void)p;
+      const float v = __uint_as_float((threadIdx.x & 0x3f0u) | 0x3c000000u);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) f[i] = v;
+    } else if constexpr (F32) {
       const float4 lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
       f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
     } else {
@@ -345,7 +362,7 @@ struct Tile {
   // named barrier or, with a head split, its mbarrier of buffer rb (see above).
   __device__ void exchange_sync(int rb) const {
     if constexpr (!SPLIT) {
-      slice_sync();
+      if constexpr (!(DCF_ABLATE_COMPOSE & 1)) slice_sync();
     } else {
       constexpr int XBYTES = H * 32 * 4 * 16;  // what the peer's warps of the slice write per Compose
       const uint32_t bar = mb + 8 * (2 * kwp + rb);

@@ -26,6 +26,7 @@
 #include <cuda.h>  // CUtensorMap (the driver's encoder is reached through the runtime, see encode_ws_map)
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -67,6 +68,14 @@
 #define DCF_CL2_B_ASYNC 1
 #endif
 
+// The key-side half of every Compose on the tensor cores (N16 builds without the head split; off by
+// default, not yet measured): 1 = the key-side partial reads and the key-side writes as mma.sync m16n8k16,
+// two score fragments side by side as the A operand and one key's weights per B column (docs/perf,
+// round 11), f16 operands for the Composes of scores and probabilities, bf16 for the transposed Composes
+// (gradients), fp32 accumulation.
+#ifndef DCF_KEY_MMA
+#define DCF_KEY_MMA 0
+#endif
 // Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
 // Compose cost, in all kernels at once. 1 = no exchange barrier (the key slice's named barrier between the
 // partial reads and their sum is skipped; the sums read whatever the buffer holds); 2 = no weight loads
@@ -123,6 +132,34 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&h);
+}
+
+[[maybe_unused]] __device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <bool F16>
+__device__ __forceinline__ uint32_t pack16(float lo, float hi) {
+  return F16 ? pack_f16(lo, hi) : pack_bf16(lo, hi);
+}
+// mma.sync m16n8k16 with f16 (F16) or bf16 operands into fp32, free to be scheduled (no side effects).
+template <bool F16>
+__device__ __forceinline__ void mma16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                      uint32_t b1) {
+  if constexpr (F16)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// Bytes of a picked by selector (prmt with a zero second operand: selector nibble 4 gives a zero byte).
+[[maybe_unused]] __device__ __forceinline__ uint32_t prmt0(uint32_t a, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(0u), "r"(sel));
+  return r;
 }
 
 __device__ __forceinline__ uint32_t comp(const uint4& u, int i) {
@@ -185,6 +222,7 @@ struct Tile {
   static constexpr int WS = F32 ? WN + 4 : WN + 8;
   static constexpr int QP = WN / 8;  // 16-byte pieces of one token's branch weights (bf16, in global memory)
   static constexpr int RED_BYTES = 4 * (NT / 8) * 32 * 16 * 4;  // a slot per head-warp of the CTA (or pair)
+  static constexpr bool KMMA = DCF_KEY_MMA && N == 16 && !SPLIT;
   static_assert(N % 8 == 0, "N must be a multiple of 8");
 
   // Eight staged weights (8 consecutive heads) as fp32.
@@ -317,6 +355,57 @@ struct Tile {
       if (red2 == red) slice_sync();
   }
 
+  // KMMA: B fragments carry one key's weights per column n = g (key 8 kwp + g of the tile): a lane's
+  // registers b0 (rows k = 2c, 2c + 1) and b1 (rows 2c + 8, 2c + 9) are nonzero only where key g is 2c or
+  // 2c + 1 (g / 2 == c), at half g & 1. Given the packed pair (lo, hi) of its two weights, b0 takes lo and b1
+  // takes hi into that half: prmt0 with these selectors.
+  __device__ __forceinline__ void key_selectors(uint32_t& s0, uint32_t& s1) const {
+    const bool mine = (g >> 1) == c, hi = g & 1;
+    s0 = !mine ? 0x4444u : hi ? 0x1044u : 0x4410u;
+    s1 = !mine ? 0x4444u : hi ? 0x3244u : 0x4432u;
+  }
+  // KMMA: the key-side partial reads over this warp's 8 heads (hp[e * 4 + r * 2 + 1]): for heads 2j, 2j + 1
+  // the two score fragments side by side are an A fragment (k = 8 (head & 1) + key), B_jr[k][n] = (key ==
+  // n) a_k[n][r][2j + k / 8]; the four products per read land in the scores' own layout.
+  template <bool F16>
+  __device__ __forceinline__ void key_reads_mma(const float (&x)[8][4], int slot, int roff, float (&hp)[16]) const {
+    const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();
+    float a0[8], a1[8];
+    ld8(w + roff * NT, a0);
+    ld8(w + (roff + 1) * NT, a1);
+    uint32_t s0, s1;
+    key_selectors(s0, s1);
+    float acc[2][4] = {};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t f0 = pack16<F16>(x[2 * j][0], x[2 * j][1]), f1 = pack16<F16>(x[2 * j][2], x[2 * j][3]);
+      const uint32_t f2 = pack16<F16>(x[2 * j + 1][0], x[2 * j + 1][1]);
+      const uint32_t f3 = pack16<F16>(x[2 * j + 1][2], x[2 * j + 1][3]);
+      const uint32_t p0 = pack16<F16>(a0[2 * j], a0[2 * j + 1]), p1 = pack16<F16>(a1[2 * j], a1[2 * j + 1]);
+      mma16<F16>(acc[0], f0, f1, f2, f3, prmt0(p0, s0), prmt0(p0, s1));
+      mma16<F16>(acc[1], f0, f1, f2, f3, prmt0(p1, s0), prmt0(p1, s1));
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) hp[e * 4 + 1] = acc[0][e], hp[e * 4 + 3] = acc[1][e];
+  }
+  // KMMA: the key-side writes, x_h += sum_r Rk_r diag(b_k[:, r, h]) with the total reads Rk_0, Rk_1 side by
+  // side as the A fragment (k = 8 r + key) and B_h[k][n] = (key == n) b_k[n][r][h], into x_h's fragment.
+  template <bool F16>
+  __device__ __forceinline__ void key_writes_mma(float (&x)[8][4], int slot, int woff, const float (&tot)[16]) const {
+    const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();
+    float b0[8], b1[8];
+    ld8(w + woff * NT, b0);
+    ld8(w + (woff + 1) * NT, b1);
+    uint32_t s0, s1;
+    key_selectors(s0, s1);
+    const uint32_t f0 = pack16<F16>(tot[1], tot[5]), f1 = pack16<F16>(tot[9], tot[13]);
+    const uint32_t f2 = pack16<F16>(tot[3], tot[7]), f3 = pack16<F16>(tot[11], tot[15]);
+#pragma unroll
+    for (int h = 0; h < 8; ++h) {
+      const uint32_t p = pack16<F16>(b0[h], b1[h]);
+      mma16<F16>(x[h], f0, f1, f2, f3, prmt0(p, s0), prmt0(p, s1));
+    }
+  }
   // Partial reads of one Compose over this warp's 8 heads, weight rows roff .. roff + I - 1 of the
   // query-side and key-side weights of `slot` (0: pre, 1: post) -> red[xslot()][e][lane] = float4 (r*2 + {q, k}).
   // Forward Compose reads with a (roff = 0); its transpose reads dY with b (roff = I).
@@ -325,7 +414,7 @@ struct Tile {
     // side 0: query-side weights of row g + 8 o against the row's two cells; side 1: key-side weights
     // of key 2c + o against the key's two cells. Cell e, read r -> hp[e * 4 + r * 2 + side].
 #pragma unroll
-    for (int side = 0; side < 2; ++side)
+    for (int side = 0; side < (KMMA ? 1 : 2); ++side)
 #pragma unroll
       for (int o = 0; o < 2; ++o) {
         const W* w = side ? kw + (slot * kBK + 8 * kwp + 2 * c + o) * WS + hbase()
@@ -344,6 +433,10 @@ struct Tile {
           }
         }
       }
+    if constexpr (KMMA) {
+      if (roff == 0) key_reads_mma<true>(x, slot, roff, hp);
+      else key_reads_mma<false>(x, slot, roff, hp);
+    }
     const int xs = xslot();
     float4* dst = reinterpret_cast<float4*>(red_buf(rb)) + xs * 128 + lane;  // [slot][i][lane]: no bank conflicts
 #pragma unroll
@@ -405,9 +498,12 @@ struct Tile {
 #pragma unroll
     for (int ci = 0; ci < 2; ++ci) {
       const W* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + hbase();
-      float bk0[8], bk1[8], gk[8];
-      ld8(wk + woff * NT, bk0);
-      ld8(wk + (woff + 1) * NT, bk1);
+      [[maybe_unused]] float bk0[8], bk1[8];
+      float gk[8];
+      if constexpr (!KMMA) {
+        ld8(wk + woff * NT, bk0);
+        ld8(wk + (woff + 1) * NT, bk1);
+      }
       ld8(wk + 2 * kI * NT, gk);
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
@@ -423,11 +519,17 @@ struct Tile {
           float y = x[h][e] * (1.f + gq[h] + gk[h]);
           y = fmaf(bq0[h], hq0, y);
           y = fmaf(bq1[h], hq1, y);
-          y = fmaf(bk0[h], hk0, y);
-          y = fmaf(bk1[h], hk1, y);
+          if constexpr (!KMMA) {
+            y = fmaf(bk0[h], hk0, y);
+            y = fmaf(bk1[h], hk1, y);
+          }
           x[h][e] = y;
         }
       }
+    }
+    if constexpr (KMMA) {
+      if (woff == kI) key_writes_mma<true>(x, slot, woff, tot);
+      else key_writes_mma<false>(x, slot, woff, tot);
     }
   }
   // One Compose in place on x (forward: transpose = false) through exchange buffer rb, with its reads

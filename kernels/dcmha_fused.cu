@@ -359,7 +359,12 @@ struct Tile {
   // registers b0 (rows k = 2c, 2c + 1) and b1 (rows 2c + 8, 2c + 9) are nonzero only where key g is 2c or
   // 2c + 1 (g / 2 == c), at half g & 1. Given the packed pair (lo, hi) of its two weights, b0 takes lo and b1
   // takes hi into that half: prmt0 with these selectors.
-  __device__ __forceinline__ void key_selectors(uint32_t& s0, uint32_t& s1) const {
+  // Also loads weight rows row0 and row0 + 1 (this warp's 8 heads) of key g for the B fragments.
+  __device__ __forceinline__ void key_b_setup(int slot, int row0, float (&w0)[8], float (&w1)[8], uint32_t& s0,
+                                              uint32_t& s1) const {
+    const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();
+    ld8(w + row0 * NT, w0);
+    ld8(w + (row0 + 1) * NT, w1);
     const bool mine = (g >> 1) == c, hi = g & 1;
     s0 = !mine ? 0x4444u : hi ? 0x1044u : 0x4410u;
     s1 = !mine ? 0x4444u : hi ? 0x3244u : 0x4432u;
@@ -369,12 +374,9 @@ struct Tile {
   // n) a_k[n][r][2j + k / 8]; the four products per read land in the scores' own layout.
   template <bool F16>
   __device__ __forceinline__ void key_reads_mma(const float (&x)[8][4], int slot, int roff, float (&hp)[16]) const {
-    const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();
     float a0[8], a1[8];
-    ld8(w + roff * NT, a0);
-    ld8(w + (roff + 1) * NT, a1);
     uint32_t s0, s1;
-    key_selectors(s0, s1);
+    key_b_setup(slot, roff, a0, a1, s0, s1);
     float acc[2][4] = {};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -392,12 +394,9 @@ struct Tile {
   // side as the A fragment (k = 8 r + key) and B_h[k][n] = (key == n) b_k[n][r][h], into x_h's fragment.
   template <bool F16>
   __device__ __forceinline__ void key_writes_mma(float (&x)[8][4], int slot, int woff, const float (&tot)[16]) const {
-    const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();
     float b0[8], b1[8];
-    ld8(w + woff * NT, b0);
-    ld8(w + (woff + 1) * NT, b1);
     uint32_t s0, s1;
-    key_selectors(s0, s1);
+    key_b_setup(slot, woff, b0, b1, s0, s1);
     const uint32_t f0 = pack16<F16>(tot[1], tot[5]), f1 = pack16<F16>(tot[9], tot[13]);
     const uint32_t f2 = pack16<F16>(tot[3], tot[7]), f3 = pack16<F16>(tot[11], tot[15]);
 #pragma unroll

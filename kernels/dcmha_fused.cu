@@ -355,11 +355,11 @@ struct Tile {
       if (red2 == red) slice_sync();
   }
 
-  // KMMA: B fragments carry one key's weights per column n = g (key 8 kwp + g of the tile): a lane's
-  // registers b0 (rows k = 2c, 2c + 1) and b1 (rows 2c + 8, 2c + 9) are nonzero only where key g is 2c or
-  // 2c + 1 (g / 2 == c), at half g & 1. Given the packed pair (lo, hi) of its two weights, b0 takes lo and b1
-  // takes hi into that half: prmt0 with these selectors.
-  // Also loads weight rows row0 and row0 + 1 (this warp's 8 heads) of key g for the B fragments.
+  // KMMA: what a lane needs for the B fragments, which carry one key's weights per column n = g (key
+  // 8 kwp + g of the tile): weight rows row0 and row0 + 1 of key g (this warp's 8 heads) into w0 and w1,
+  // and the prmt0 selectors s0 / s1. A lane's registers b0 (rows k = 2c, 2c + 1) and b1 (rows 2c + 8,
+  // 2c + 9) are nonzero only where key g is 2c or 2c + 1 (g / 2 == c), at half g & 1: from the packed pair
+  // (lo, hi) of two weights, b0 takes lo and b1 takes hi into that half.
   __device__ __forceinline__ void key_b_setup(int slot, int row0, float (&w0)[8], float (&w1)[8], uint32_t& s0,
                                               uint32_t& s1) const {
     const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();

@@ -68,13 +68,14 @@
 #define DCF_CL2_B_ASYNC 1
 #endif
 
-// The key-side half of every Compose on the tensor cores (N16 builds without the head split; off by
-// default, not yet measured): 1 = the key-side partial reads and the key-side writes as mma.sync m16n8k16,
-// two score fragments side by side as the A operand and one key's weights per B column (docs/perf,
-// round 11), f16 operands for the Composes of scores and probabilities, bf16 for the transposed Composes
-// (gradients), fp32 accumulation.
+// The key-side half of every Compose on the tensor cores (N16 builds without the head split): 1 (the
+// default) = the key-side partial reads and the key-side writes as mma.sync m16n8k16, two score fragments
+// side by side as the A operand and one key's weights per B column (docs/perf, rounds 11 and 12), f16
+// operands for the Composes of scores and probabilities, bf16 for the transposed Composes (gradients),
+// fp32 accumulation; 0 = all of it in fp32 on the CUDA cores. Measured: 1 is 1-2 % faster on every N16
+// shape (forward 1.7 %, T 8192 2 %), three calls side by side (docs/perf, round 12).
 #ifndef DCF_KEY_MMA
-#define DCF_KEY_MMA 0
+#define DCF_KEY_MMA 1
 #endif
 // Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
 // Compose cost, in all kernels at once. 1 = no exchange barrier (the key slice's named barrier between the

@@ -77,6 +77,13 @@
 #ifndef DCF_KEY_MMA
 #define DCF_KEY_MMA 1
 #endif
+// The N16 D64 forward: 0 (the default) = two CTAs per SM at 128 registers, one key tile per iteration;
+// 1 = one CTA per SM at up to 255 registers, two key tiles per iteration, both tiles' partial reads and
+// P' blocks before one barrier each (twice the independent work per warp, half the barriers; docs/perf,
+// F9).
+#ifndef DCF_FWD_PAIR
+#define DCF_FWD_PAIR 0
+#endif
 // Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
 // Compose cost, in all kernels at once. 1 = no exchange barrier (the key slice's named barrier between the
 // partial reads and their sum is skipped; the sums read whatever the buffer holds); 2 = no weight loads
@@ -709,33 +716,29 @@ __device__ __forceinline__ void cell_mask(OkFn& ok, int kb, bool (&okc)[4]) {
 
 // Pass 1 of both kernels: per-head row max and sum of the pre-Composed, masked logits, reduced to
 // st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
-// `part` aliases red. Ends with st written and visible (barrier).
-template <int N, class W, int NT, class ScoreFn, class OkFn>
-__device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
-                          ScoreFn scores, OkFn ok, float2* st) {
-  float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
-  float mrow[8][2], lrow[8][2];
+// `part` aliases red. Ends with st written and visible (barrier). stats_update adds one tile to this
+// lane's running (max, sum) per head and row; stats_reduce combines the lanes and key slices.
+template <class OkFn>
+__device__ __forceinline__ void stats_update(const float (&x)[8][4], OkFn& ok, int kb, float (&mrow)[8][2],
+                                             float (&lrow)[8][2]) {
+  bool okc[4];
+  cell_mask(ok, kb, okc);
 #pragma unroll
   for (int h = 0; h < 8; ++h)
-    for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
-  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N, W, NT>& tk, int kb) {
-    float x[8][4], tot[16];
-    scores(x, kb);
-    tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (kb / kBK) & 1 : 0);  // (a head split alternates)
-    bool okc[4];
-    cell_mask(ok, kb, okc);
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
-#pragma unroll
-      for (int ri = 0; ri < 2; ++ri) {
-        const float z0 = okc[2 * ri] ? x[h][2 * ri] : -INFINITY, z1 = okc[2 * ri + 1] ? x[h][2 * ri + 1] : -INFINITY;
-        const float mx = fmaxf(z0, z1);
-        if (mx == -INFINITY) continue;
-        const float mn = fmaxf(mrow[h][ri], mx);
-        lrow[h][ri] = lrow[h][ri] * __expf(mrow[h][ri] - mn) + __expf(z0 - mn) + __expf(z1 - mn);
-        mrow[h][ri] = mn;
-      }
-  });
+    for (int ri = 0; ri < 2; ++ri) {
+      const float z0 = okc[2 * ri] ? x[h][2 * ri] : -INFINITY, z1 = okc[2 * ri + 1] ? x[h][2 * ri + 1] : -INFINITY;
+      const float mx = fmaxf(z0, z1);
+      if (mx == -INFINITY) continue;
+      const float mn = fmaxf(mrow[h][ri], mx);
+      lrow[h][ri] = lrow[h][ri] * __expf(mrow[h][ri] - mn) + __expf(z0 - mn) + __expf(z1 - mn);
+      mrow[h][ri] = mn;
+    }
+}
+template <int N, class W, int NT>
+__device__ __forceinline__ void stats_reduce(const Tile<N, W, NT>& tl, const float (&mrow)[8][2],
+                                             const float (&lrow)[8][2], float2* st) {
+  float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
   __syncthreads();  // red is reused as part below
 #pragma unroll
   for (int h = 0; h < 8; ++h)
@@ -766,6 +769,53 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
   }
   __syncthreads();
 }
+template <int N, class W, int NT, class ScoreFn, class OkFn>
+__device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
+                          ScoreFn scores, OkFn ok, float2* st) {
+  float mrow[8][2], lrow[8][2];
+#pragma unroll
+  for (int h = 0; h < 8; ++h)
+    for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
+  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N, W, NT>& tk, int kb) {
+    float x[8][4], tot[16];
+    scores(x, kb);
+    tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (kb / kBK) & 1 : 0);  // (a head split alternates)
+    stats_update(x, ok, kb, mrow, lrow);
+  });
+  stats_reduce(tl, mrow, lrow, st);
+}
+// Two key tiles per iteration (the forward's PR build): tile kb through tl (its key weights in tl.kw, its
+// exchange in tl.red), tile kb + kBK through tb (kw and red of its own), both tiles' partial reads before
+// one exchange barrier. A second tile past khi is computed and fully masked.
+template <int N, class W, int NT, class ScoreFn, class OkFn>
+__device__ void row_stats_pair(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& tb, const bf16* dwb, int kstart,
+                               int khi, int S, ScoreFn scores, OkFn ok, float2* st) {
+  float mrow[8][2], lrow[8][2];
+#pragma unroll
+  for (int h = 0; h < 8; ++h)
+    for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
+  for (int kb = kstart; kb <= khi; kb += 2 * kBK) {
+    __syncthreads();  // every thread done with both tiles' weights and exchange buffers
+    tl.stage_key_weights(dwb, kb, 1, S, tl.kw);
+    tl.stage_key_weights(dwb, kb + kBK, 1, S, tb.kw);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+    float xa[8][4], xb[8][4], ta[16], tt[16];
+    scores(xa, kb);
+    scores(xb, kb + kBK);
+    tl.partial_reads(xa, 0, 0, 0);
+    tb.partial_reads(xb, 0, 0, 0);
+    tl.exchange_sync(0);  // the key slice's barrier covers both buffers
+    tl.total_reads(ta, 0);
+    tb.total_reads(tt, 0);
+    tl.finish(xa, 0, kI, ta);
+    tb.finish(xb, 0, kI, tt);
+    stats_update(xa, ok, kb, mrow, lrow);
+    stats_update(xb, ok, kb + kBK, mrow, lrow);
+  }
+  stats_reduce(tl, mrow, lrow, st);
+}
 
 // Softmax with the row statistics, in place on the pre-Composed logits: p = exp(z - m) / l, 0 where masked.
 template <int N, class W, int NT, class OkFn>
@@ -787,7 +837,7 @@ __device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N, W, NT>& tl
 
 // SPL: the head split of the N32 builds (as in the backward): clusters of two CTAs over the same query
 // rows, NL = N / 2 heads each; both exchange buffers are needed (they must alternate).
-template <int N, int D, int G, int MINB, bool PF, bool SPL = false>
+template <int N, int D, int G, int MINB, bool PF, bool SPL = false, bool PR = false>
 struct Cfg {
   static constexpr int NL = SPL ? N / 2 : N;  // heads of a CTA
   using WT = uint16_t;
@@ -823,12 +873,17 @@ struct Cfg {
   static constexpr int OFF_KW2 = SMEM1, OFF_RED2 = SMEM1 + KW_BYTES;
   static_assert(!SPL || DBL, "the head split needs the second exchange buffer");
   static constexpr int OFF_MB = DBL ? SMEM1 + DBL_BYTES : SMEM1;  // SPL: the exchange mbarriers [4][2]
-  static constexpr int SMEM = OFF_MB + (SPL ? 64 : 0);
+  // PR: the second tile's key weights, exchange buffer and P' block.
+  static_assert(!PR || (!SPL && !PF && G == 1 && MINB == 1), "the two-tile forward: one CTA per SM, one group");
+  static constexpr int OFF_KWB = OFF_MB + (SPL ? 64 : 0), OFF_REDB = OFF_KWB + KW_BYTES;
+  static constexpr int OFF_PB = OFF_REDB + Tl::RED_BYTES;
+  static constexpr int SMEM = PR ? OFF_PB + P_BYTES : OFF_KWB;
+  static_assert(SMEM <= LIMIT, "forward shared memory");
 };
 
-template <int N, int D, int G, int MINB, bool PF, bool SPL = false>
+template <int N, int D, int G, int MINB, bool PF, bool SPL = false, bool PR = false>
 __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_kernel(FusedArgs a) {
-  using C = Cfg<N, D, G, MINB, PF, SPL>;
+  using C = Cfg<N, D, G, MINB, PF, SPL, PR>;
   constexpr int NL = C::NL;  // heads of this CTA; N is the tensors' head count
   using Tl = typename C::Tl;
   using WT = typename C::WT;
@@ -884,7 +939,13 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
 
   // ---- pass 1: per-head row max and sum of the pre-Composed, masked logits.
   __syncthreads();  // Qs staged
-  row_stats<NL>(tl, kw2, dwb, kstart, khi, S, scores, cell_ok, st);
+  // PR: the second tile's view (key weights, exchange buffer) and P' block.
+  Tl tlb = tl;
+  tlb.kw = reinterpret_cast<WT*>(smem + C::OFF_KWB);
+  tlb.red = tlb.red2 = reinterpret_cast<float*>(smem + C::OFF_REDB);
+  [[maybe_unused]] uint2* PbB = reinterpret_cast<uint2*>(smem + C::OFF_PB);
+  if constexpr (PR) row_stats_pair<NL>(tl, static_cast<const Tl&>(tlb), dwb, kstart, khi, S, scores, cell_ok, st);
+  else row_stats<NL>(tl, kw2, dwb, kstart, khi, S, scores, cell_ok, st);
   if constexpr (SPL) cluster_sync();  // exchange buffer 0 (part in row_stats) free in both CTAs
   if (a.stats)
     for (int idx = tid; idx < NL * kBQ; idx += THREADS) {
@@ -902,31 +963,22 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) acc[hh][j][jj][0] = acc[hh][j][jj][1] = acc[hh][j][jj][2] = acc[hh][j][jj][3] = 0.f;
     const bool in_group = (8 * hw) / C::NG == gi;
-    for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
-      float sc[8][4], tot[16];
-      scores(sc, kb);
-      tk.compose(sc, 0, false, tot, 0);
-      probs<NL>(sc, tk, st, kb, cell_ok);
-      tk.red_free();
-      tk.partial_reads(sc, 1, 0, 1);
-      tk.exchange_sync(1);
-      tk.total_reads(tot, 1);
-      if (in_group) {
-        tk.finish(sc, 1, kI, tot);
+    // P' of this warp's heads and keys into the block P (bf16 A fragments of P' V), and O += P' V for
+    // the warp's output heads from block P of key tile kb.
+    auto store_p = [&](const float (&sc)[8][4], uint2* P) {
 #pragma unroll
-        for (int h = 0; h < 8; ++h) {
-          const int ml = 8 * hw + h - gi * C::NG;
-          Pb[(ml * 4 + kwp) * 32 + lane] =
-              make_uint2(pack_bf16(sc[h][0], sc[h][1]), pack_bf16(sc[h][2], sc[h][3]));
-        }
+      for (int h = 0; h < 8; ++h) {
+        const int ml = 8 * hw + h - gi * C::NG;
+        P[(ml * 4 + kwp) * 32 + lane] = make_uint2(pack_bf16(sc[h][0], sc[h][1]), pack_bf16(sc[h][2], sc[h][3]));
       }
-      __syncthreads();
+    };
+    auto pv = [&](const uint2* P, int kb) {
 #pragma unroll
       for (int hh = 0; hh < C::HPW; ++hh) {
         const int ml = warp * C::HPW + hh, m = gi * C::NG + ml;
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
-          const uint2 pa = Pb[(ml * 4 + 2 * kk) * 32 + lane], pb = Pb[(ml * 4 + 2 * kk + 1) * 32 + lane];
+          const uint2 pa = P[(ml * 4 + 2 * kk) * 32 + lane], pb = P[(ml * 4 + 2 * kk + 1) * 32 + lane];
           const int keyA = min(kb + 16 * kk + g, S - 1), keyB = min(kb + 16 * kk + 8 + g, S - 1);
           const bf16* va_p = a.v + ((int64_t(b) * S + keyA) * N + hoff + m) * D + 8 * c;
           const bf16* vb_p = a.v + ((int64_t(b) * S + keyB) * N + hoff + m) * D + 8 * c;
@@ -939,7 +991,64 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
           }
         }
       }
-    });
+    };
+    if constexpr (PR) {
+      // Two key tiles per iteration (see row_stats_pair): each Compose's partial reads of both tiles
+      // before one exchange barrier, both P' blocks before one CTA barrier.
+      const Tl& tb = tlb;
+      for (int kb = kstart; kb <= khi; kb += 2 * kBK) {
+        __syncthreads();  // every thread done with both tiles' weights, exchange buffers and P' blocks
+        tl.stage_key_weights(dwb, kb, 2, S, tl.kw);
+        tl.stage_key_weights(dwb, kb + kBK, 2, S, tb.kw);
+        cp_async_commit();
+        cp_async_wait_all();
+        __syncthreads();
+        float sa[8][4], sb[8][4], ta[16], tt[16];
+        scores(sa, kb);
+        scores(sb, kb + kBK);
+        tl.partial_reads(sa, 0, 0, 0);
+        tb.partial_reads(sb, 0, 0, 0);
+        tl.exchange_sync(0);
+        tl.total_reads(ta, 0);
+        tb.total_reads(tt, 0);
+        tl.finish(sa, 0, kI, ta);
+        tb.finish(sb, 0, kI, tt);
+        probs<NL>(sa, tl, st, kb, cell_ok);
+        probs<NL>(sb, tb, st, kb + kBK, cell_ok);
+        tl.slice_sync();  // both exchange buffers read: free for the post-Compose
+        tl.partial_reads(sa, 1, 0, 0);
+        tb.partial_reads(sb, 1, 0, 0);
+        tl.exchange_sync(0);
+        tl.total_reads(ta, 0);
+        tb.total_reads(tt, 0);
+        if (in_group) {
+          tl.finish(sa, 1, kI, ta);
+          tb.finish(sb, 1, kI, tt);
+          store_p(sa, Pb);
+          store_p(sb, PbB);
+        }
+        __syncthreads();
+        pv(Pb, kb);
+        pv(PbB, kb + kBK);
+      }
+    } else {
+      for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
+        float sc[8][4], tot[16];
+        scores(sc, kb);
+        tk.compose(sc, 0, false, tot, 0);
+        probs<NL>(sc, tk, st, kb, cell_ok);
+        tk.red_free();
+        tk.partial_reads(sc, 1, 0, 1);
+        tk.exchange_sync(1);
+        tk.total_reads(tot, 1);
+        if (in_group) {
+          tk.finish(sc, 1, kI, tot);
+          store_p(sc, Pb);
+        }
+        __syncthreads();
+        pv(Pb, kb);
+      });
+    }
     // O columns of n8 tile (j, jj), fragment columns 2c, 2c+1, are d = 32 j + 8 c + 2 jj + {0, 1}.
 #pragma unroll
     for (int hh = 0; hh < C::HPW; ++hh) {
@@ -1836,10 +1945,10 @@ void launch_cluster2(Kern kern, dim3 grid, int threads, int smem, cudaStream_t s
 
 // The forward runs without the prefetch (PF): at N16 D64 (two CTAs per SM, 128 registers) it spills
 // 860 B instead of 440 B and measured 2 % slower with it (docs/perf/dcmha_fused.md, F3).
-template <int N, int D, int G, int MINB = 1, bool PF = false, bool SPL = false>
+template <int N, int D, int G, int MINB = 1, bool PF = false, bool SPL = false, bool PR = false>
 void launch(const FusedArgs& a, int B, cudaStream_t st) {
-  using C = Cfg<N, D, G, MINB, PF, SPL>;
-  auto kern = dcmha_fused_fwd_kernel<N, D, G, MINB, PF, SPL>;
+  using C = Cfg<N, D, G, MINB, PF, SPL, PR>;
+  auto kern = dcmha_fused_fwd_kernel<N, D, G, MINB, PF, SPL, PR>;
   DCF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
   dim3 grid(unsigned((a.T + kBQ - 1) / kBQ), unsigned(B));
   if constexpr (SPL) {
@@ -1968,7 +2077,10 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
     if (occ) launch<16, 64, 1, 1>(a, B, st);
     else launch<16, 64, 1, 2, true>(a, B, st);
 #endif
-  } else if (sh.N == 16 && sh.D == 64) launch<16, 64, 1, 2>(a, B, st);
+  } else if (sh.N == 16 && sh.D == 64) {
+    if constexpr (DCF_FWD_PAIR) launch<16, 64, 1, 1, false, false, true>(a, B, st);
+    else launch<16, 64, 1, 2>(a, B, st);
+  }
   else if (sh.N == 16 && sh.D == 128) launch<16, 128, 2>(a, B, st);
   else if (sh.N == 32) {
     const bool split = n32_split();  // (each #if compiles only the builds that can run)

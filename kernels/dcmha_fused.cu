@@ -785,8 +785,31 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
   stats_reduce(tl, mrow, lrow, st);
 }
 // Two key tiles per iteration (the forward's PR build): tile kb through tl (its key weights in tl.kw, its
-// exchange in tl.red), tile kb + kBK through tb (kw and red of its own), both tiles' partial reads before
-// one exchange barrier. A second tile past khi is computed and fully masked.
+// exchange in tl.red), tile kb + kBK through tb (kw and red of its own). pair_pre starts an iteration:
+// after a barrier (every thread done with both tiles' weights, exchange buffers and P' blocks) it stages
+// both tiles' key weights (nbr branches), computes both tiles' scores into xa and xb and pre-Composes
+// them, both tiles' partial reads before one exchange barrier. A second tile past khi is computed and
+// fully masked.
+template <int N, class W, int NT, class ScoreFn>
+__device__ __forceinline__ void pair_pre(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& tb, const bf16* dwb, int kb,
+                                         int nbr, int S, ScoreFn& scores, float (&xa)[8][4], float (&xb)[8][4]) {
+  __syncthreads();
+  tl.stage_key_weights(dwb, kb, nbr, S, tl.kw);
+  tl.stage_key_weights(dwb, kb + kBK, nbr, S, tb.kw);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+  float ta[16], tt[16];
+  scores(xa, kb);
+  scores(xb, kb + kBK);
+  tl.partial_reads(xa, 0, 0, 0);
+  tb.partial_reads(xb, 0, 0, 0);
+  tl.exchange_sync(0);  // the key slice's barrier covers both buffers
+  tl.total_reads(ta, 0);
+  tb.total_reads(tt, 0);
+  tl.finish(xa, 0, kI, ta);
+  tb.finish(xb, 0, kI, tt);
+}
 template <int N, class W, int NT, class ScoreFn, class OkFn>
 __device__ void row_stats_pair(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& tb, const bf16* dwb, int kstart,
                                int khi, int S, ScoreFn scores, OkFn ok, float2* st) {
@@ -795,22 +818,8 @@ __device__ void row_stats_pair(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& t
   for (int h = 0; h < 8; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
   for (int kb = kstart; kb <= khi; kb += 2 * kBK) {
-    __syncthreads();  // every thread done with both tiles' weights and exchange buffers
-    tl.stage_key_weights(dwb, kb, 1, S, tl.kw);
-    tl.stage_key_weights(dwb, kb + kBK, 1, S, tb.kw);
-    cp_async_commit();
-    cp_async_wait_all();
-    __syncthreads();
-    float xa[8][4], xb[8][4], ta[16], tt[16];
-    scores(xa, kb);
-    scores(xb, kb + kBK);
-    tl.partial_reads(xa, 0, 0, 0);
-    tb.partial_reads(xb, 0, 0, 0);
-    tl.exchange_sync(0);  // the key slice's barrier covers both buffers
-    tl.total_reads(ta, 0);
-    tb.total_reads(tt, 0);
-    tl.finish(xa, 0, kI, ta);
-    tb.finish(xb, 0, kI, tt);
+    float xa[8][4], xb[8][4];
+    pair_pre(tl, tb, dwb, kb, 1, S, scores, xa, xb);
     stats_update(xa, ok, kb, mrow, lrow);
     stats_update(xb, ok, kb + kBK, mrow, lrow);
   }
@@ -997,22 +1006,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
       // before one exchange barrier, both P' blocks before one CTA barrier.
       const Tl& tb = tlb;
       for (int kb = kstart; kb <= khi; kb += 2 * kBK) {
-        __syncthreads();  // every thread done with both tiles' weights, exchange buffers and P' blocks
-        tl.stage_key_weights(dwb, kb, 2, S, tl.kw);
-        tl.stage_key_weights(dwb, kb + kBK, 2, S, tb.kw);
-        cp_async_commit();
-        cp_async_wait_all();
-        __syncthreads();
         float sa[8][4], sb[8][4], ta[16], tt[16];
-        scores(sa, kb);
-        scores(sb, kb + kBK);
-        tl.partial_reads(sa, 0, 0, 0);
-        tb.partial_reads(sb, 0, 0, 0);
-        tl.exchange_sync(0);
-        tl.total_reads(ta, 0);
-        tb.total_reads(tt, 0);
-        tl.finish(sa, 0, kI, ta);
-        tb.finish(sb, 0, kI, tt);
+        pair_pre(tl, tb, dwb, kb, 2, S, scores, sa, sb);
         probs<NL>(sa, tl, st, kb, cell_ok);
         probs<NL>(sb, tb, st, kb + kBK, cell_ok);
         tl.slice_sync();  // both exchange buffers read: free for the post-Compose

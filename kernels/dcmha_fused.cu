@@ -73,7 +73,8 @@
 // side by side as the A operand and one key's weights per B column (docs/perf, rounds 11 and 12), f16
 // operands for the Composes of scores and probabilities, bf16 for the transposed Composes (gradients),
 // fp32 accumulation; 0 = all of it in fp32 on the CUDA cores. Measured: 1 is 1-2 % faster on every N16
-// shape (forward 1.7 %, T 8192 2 %), three calls side by side (docs/perf, round 12).
+// shape (forward 1.7 %, T 8192 2 %), three calls side by side (docs/perf, round 12). Range: f16 holds
+// the logits and their key-side reads up to 65504 (logits in the thousands overflow: a non-finite step).
 #ifndef DCF_KEY_MMA
 #define DCF_KEY_MMA 1
 #endif

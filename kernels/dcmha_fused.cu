@@ -789,8 +789,8 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
 // exchange in tl.red), tile kb + kBK through tb (kw and red of its own). pair_pre starts an iteration:
 // after a barrier (every thread done with both tiles' weights, exchange buffers and P' blocks) it stages
 // both tiles' key weights (nbr branches), computes both tiles' scores into xa and xb and pre-Composes
-// them, both tiles' partial reads before one exchange barrier. A second tile past khi is computed and
-// fully masked.
+// them, both tiles' partial reads before one exchange barrier. An odd last tile runs alone (one-tile
+// staging through for_key_tiles without a prefetch buffer).
 template <int N, class W, int NT, class ScoreFn>
 __device__ __forceinline__ void pair_pre(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& tb, const bf16* dwb, int kb,
                                          int nbr, int S, ScoreFn& scores, float (&xa)[8][4], float (&xb)[8][4]) {
@@ -818,12 +818,20 @@ __device__ void row_stats_pair(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& t
 #pragma unroll
   for (int h = 0; h < 8; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
-  for (int kb = kstart; kb <= khi; kb += 2 * kBK) {
+  int kb = kstart;
+  for (; kb + kBK <= khi; kb += 2 * kBK) {
     float xa[8][4], xb[8][4];
     pair_pre(tl, tb, dwb, kb, 1, S, scores, xa, xb);
     stats_update(xa, ok, kb, mrow, lrow);
     stats_update(xb, ok, kb + kBK, mrow, lrow);
   }
+  if (kb <= khi)
+    for_key_tiles<N>(tl, static_cast<W*>(nullptr), dwb, kb, kb, 1, S, [&](const Tile<N, W, NT>& tk, int k1) {
+      float x[8][4], tot[16];
+      scores(x, k1);
+      tk.compose(x, 0, false, tot, 0);
+      stats_update(x, ok, k1, mrow, lrow);
+    });
   stats_reduce(tl, mrow, lrow, st);
 }
 
@@ -1002,11 +1010,29 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
         }
       }
     };
+    // One key tile: recompute and pre-Compose the scores, softmax, post-Compose, O += P' V.
+    auto tile1 = [&](const Tl& tk, int kb) {
+      float sc[8][4], tot[16];
+      scores(sc, kb);
+      tk.compose(sc, 0, false, tot, 0);
+      probs<NL>(sc, tk, st, kb, cell_ok);
+      tk.red_free();
+      tk.partial_reads(sc, 1, 0, 1);
+      tk.exchange_sync(1);
+      tk.total_reads(tot, 1);
+      if (in_group) {
+        tk.finish(sc, 1, kI, tot);
+        store_p(sc, Pb);
+      }
+      __syncthreads();
+      pv(Pb, kb);
+    };
     if constexpr (PR) {
       // Two key tiles per iteration (see row_stats_pair): each Compose's partial reads of both tiles
-      // before one exchange barrier, both P' blocks before one CTA barrier.
+      // before one exchange barrier, both P' blocks before one CTA barrier; an odd last tile alone.
       const Tl& tb = tlb;
-      for (int kb = kstart; kb <= khi; kb += 2 * kBK) {
+      int kb = kstart;
+      for (; kb + kBK <= khi; kb += 2 * kBK) {
         float sa[8][4], sb[8][4], ta[16], tt[16];
         pair_pre(tl, tb, dwb, kb, 2, S, scores, sa, sb);
         probs<NL>(sa, tl, st, kb, cell_ok);
@@ -1027,23 +1053,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
         pv(Pb, kb);
         pv(PbB, kb + kBK);
       }
+      if (kb <= khi) for_key_tiles<NL>(tl, static_cast<WT*>(nullptr), dwb, kb, kb, 2, S, tile1);
     } else {
-      for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, [&](const Tl& tk, int kb) {
-        float sc[8][4], tot[16];
-        scores(sc, kb);
-        tk.compose(sc, 0, false, tot, 0);
-        probs<NL>(sc, tk, st, kb, cell_ok);
-        tk.red_free();
-        tk.partial_reads(sc, 1, 0, 1);
-        tk.exchange_sync(1);
-        tk.total_reads(tot, 1);
-        if (in_group) {
-          tk.finish(sc, 1, kI, tot);
-          store_p(sc, Pb);
-        }
-        __syncthreads();
-        pv(Pb, kb);
-      });
+      for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, tile1);
     }
     // O columns of n8 tile (j, jj), fragment columns 2c, 2c+1, are d = 32 j + 8 c + 2 jj + {0, 1}.
 #pragma unroll

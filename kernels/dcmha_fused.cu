@@ -2088,9 +2088,9 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
   } else if (sh.N == 16 && sh.D == 64) {
     if constexpr (DCF_FWD_PAIR) launch<16, 64, 1, 1, false, false, true>(a, B, st);
     else launch<16, 64, 1, 2>(a, B, st);
-  }
-  else if (sh.N == 16 && sh.D == 128) launch<16, 128, 2>(a, B, st);
-  else if (sh.N == 32) {
+  } else if (sh.N == 16 && sh.D == 128) {
+    launch<16, 128, 2>(a, B, st);
+  } else if (sh.N == 32) {
     const bool split = n32_split();  // (each #if compiles only the builds that can run)
 #if DCF_KERNEL_TIMING_BUILDS || DCF_N32_SPLIT_DEFAULT
     if (split && sh.D == 64) launch<32, 64, 1, 1, true, true>(a, B, st);

@@ -78,13 +78,6 @@
 #ifndef DCF_KEY_MMA
 #define DCF_KEY_MMA 1
 #endif
-// The N16 D64 forward: 0 (the default) = two CTAs per SM at 128 registers, one key tile per iteration;
-// 1 = one CTA per SM at up to 255 registers, two key tiles per iteration, both tiles' partial reads and
-// P' blocks before one barrier each (twice the independent work per warp, half the barriers; docs/perf,
-// F9).
-#ifndef DCF_FWD_PAIR
-#define DCF_FWD_PAIR 0
-#endif
 // Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
 // Compose cost, in all kernels at once. 1 = no exchange barrier (the key slice's named barrier between the
 // partial reads and their sum is skipped; the sums read whatever the buffer holds); 2 = no weight loads
@@ -2017,7 +2010,8 @@ void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Timing-only builds (compiled with -DDCF_KERNEL_TIMING_BUILDS=ON): the N16 D64 forward at one CTA
-// per SM (DCF_DCMHA_FUSED_OCC=1), the N16 D64 builds with the key-weight prefetch
+// per SM (DCF_DCMHA_FUSED_OCC=1), the same with two key tiles per iteration (DCF_DCMHA_FUSED_PAIR=1: the
+// PR build, docs/perf F9), the N16 D64 builds with the key-weight prefetch
 // (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2),
 // the N32 build that is not the default (one CTA of 512 threads for all heads, or the head split:
 // DCF_DCMHA_FUSED_N32_ALT=1, see n32_split) and the backward's ablations. The variables are read at every
@@ -2077,17 +2071,19 @@ void dcmha_fused_forward(const DcmhaShape& sh, const void* q, const void* k, con
   const int B = int(sh.B);
   // N = 16, D = 64 runs capped at 128 registers for two CTAs per SM (452 B of spills), 10-22 % faster
   // than one CTA at 228 registers (docs/perf/dcmha_fused.md, F1 vs F2; DCF_DCMHA_FUSED_OCC=1 times the
-  // one-CTA build, DCF_DCMHA_FUSED_PF=1 the prefetch build: see require_timing_builds).
+  // one-CTA build, DCF_DCMHA_FUSED_PAIR=1 the one-CTA build with two key tiles per iteration,
+  // DCF_DCMHA_FUSED_PF=1 the prefetch build: see require_timing_builds).
   const bool occ = env_on("DCF_DCMHA_FUSED_OCC"), pf = env_on("DCF_DCMHA_FUSED_PF");
-  if (sh.N == 16 && sh.D == 64 && (occ || pf)) {
-    require_timing_builds(occ ? "DCF_DCMHA_FUSED_OCC=1" : "DCF_DCMHA_FUSED_PF=1");
+  const bool pair = env_on("DCF_DCMHA_FUSED_PAIR");
+  if (sh.N == 16 && sh.D == 64 && (occ || pf || pair)) {
+    require_timing_builds(occ ? "DCF_DCMHA_FUSED_OCC=1" : pf ? "DCF_DCMHA_FUSED_PF=1" : "DCF_DCMHA_FUSED_PAIR=1");
 #if DCF_KERNEL_TIMING_BUILDS
     if (occ) launch<16, 64, 1, 1>(a, B, st);
-    else launch<16, 64, 1, 2, true>(a, B, st);
+    else if (pf) launch<16, 64, 1, 2, true>(a, B, st);
+    else launch<16, 64, 1, 1, false, false, true>(a, B, st);
 #endif
   } else if (sh.N == 16 && sh.D == 64) {
-    if constexpr (DCF_FWD_PAIR) launch<16, 64, 1, 1, false, false, true>(a, B, st);
-    else launch<16, 64, 1, 2>(a, B, st);
+    launch<16, 64, 1, 2>(a, B, st);
   } else if (sh.N == 16 && sh.D == 128) {
     launch<16, 128, 2>(a, B, st);
   } else if (sh.N == 32) {

@@ -29,8 +29,8 @@ bool dcmha_fused_backward_supported(const DcmhaShape& sh, const Tensor& q, const
                                     const Tensor& dv, const Tensor& ddw, std::string* why = nullptr);
 
 // Whether the timing-only kernel builds are compiled in (CMake option DCF_KERNEL_TIMING_BUILDS): the
-// backward's ablations below and the builds that DCF_DCMHA_FUSED_OCC=1 / DCF_DCMHA_FUSED_PF=1 select
-// (N16 D64, for benchmarks); without them those requests are errors.
+// backward's ablations below and the builds that DCF_DCMHA_FUSED_OCC=1 / DCF_DCMHA_FUSED_PAIR=1 /
+// DCF_DCMHA_FUSED_PF=1 select (N16 D64, for benchmarks); without them those requests are errors.
 bool dcmha_fused_timing_builds();
 
 // Adds the gradients of o = DCMHA(q, k, v, dw) given dout into dq, dk, dv and (if defined) ddw, all bf16;

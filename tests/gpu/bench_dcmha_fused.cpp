@@ -8,10 +8,10 @@
 // --shapes LIST: only these rows of the time table (comma-separated, from 0), and no memory table: for
 // comparing builds on the shapes a change touches.
 // --profile: one fused forward and one backward of one shape (shape: its row in the table, from 0; by
-// default 0, B8 T2048 N16 D64 causal), nothing else, as the target of a profiler. The one-CTA forward,
-// the backward's ablations, the N16 D64 one-CTA backward the 2-CTA cluster build replaced, the other
-// N32 build (head split or one CTA) and the prefetch builds are timed where the kernels were built with
-// -DDCF_KERNEL_TIMING_BUILDS=ON. A timing build with -DCMAKE_CUDA_FLAGS=-DDCF_ABLATE_COMPOSE=1/2/3 times
+// default 0, B8 T2048 N16 D64 causal), nothing else, as the target of a profiler. The one-CTA forward
+// (one key tile or two per iteration), the backward's ablations, the N16 D64 one-CTA backward the 2-CTA
+// cluster build replaced, the other N32 build (head split or one CTA) and the prefetch builds are timed
+// where the kernels were built with -DDCF_KERNEL_TIMING_BUILDS=ON. A timing build with -DCMAKE_CUDA_FLAGS=-DDCF_ABLATE_COMPOSE=1/2/3 times
 // every kernel with the Compose ablated (kernels/dcmha_fused.cu; wrong results, timing only).
 #include <algorithm>
 #include <cctype>
@@ -172,6 +172,13 @@ int main(int argc, char** argv) {
                     (long long)c.N, (long long)c.D, (long long)c.W);
       std::printf("%-24s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.1f %9.2f %9.2f\n", name, fused, fused_occ1,
                   fused_b, fused_fb, v1, v1_fb, cf, cfb, mm_flop / fused / 1e9, v1_fb / fused_fb, fused_fb / cfb);
+      if (timing && c.N == 16 && c.D == 64) {  // the two-tile forward (timing-only build), same shape
+        setenv("DCF_DCMHA_FUSED_PAIR", "1", 1);
+        const double pair_f = time_ms(run_fused, reps);
+        unsetenv("DCF_DCMHA_FUSED_PAIR");
+        std::printf("  two key tiles per iteration, one CTA/SM (DCF_DCMHA_FUSED_PAIR=1): fwd %.3f (default %.3f, "
+                    "one tile at one CTA/SM %.3f)\n", pair_f, fused, fused_occ1);
+      }
       if (timing && c.N == 32 && !fwd_only) {  // the other N32 build (head split or one CTA), same shape
         setenv("DCF_DCMHA_FUSED_N32_ALT", "1", 1);
         const double alt_f = time_ms(run_fused, reps), alt_b = time_ms(run_fused_bwd, reps);
@@ -200,7 +207,8 @@ int main(int argc, char** argv) {
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "
                 "backward reading the forward's statistics); cudnn: plain MHA (compose off); fusedTF: "
                 "matmul TFLOP/s of the fused fwd (6D per head per allowed cell); occ1_f: N16 D64 fwd at one CTA/SM%s\n",
-                timing ? "" : " (occ1_f, ablations and prefetch builds: configure with -DDCF_KERNEL_TIMING_BUILDS=ON)");
+                timing ? "" : " (occ1_f, the two-tile forward, ablations and prefetch builds: configure with "
+                                "-DDCF_KERNEL_TIMING_BUILDS=ON)");
     if (!fwd_only && !only_some) {
       // Memory: peak device bytes of one fused fwd+bwd beyond the inputs and gradients (allocated first).
       std::printf("\n%-24s %12s %12s %14s\n", "shape (causal, bf16)", "inputs MiB", "extra MiB", "extra B/token");

@@ -186,8 +186,9 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   }
 }
 
-// The timing-only builds (DCF_DCMHA_FUSED_OCC / _PF, backward ablations) are requests that must fail with
-// a message naming the CMake option where they are not compiled in, not fall back to another build.
+// The timing-only builds (DCF_DCMHA_FUSED_OCC / _PAIR / _PF, backward ablations) are requests that must
+// fail with a message naming the CMake option where they are not compiled in, not fall back to another
+// build.
 TEST(DcmhaFusedTimingBuilds, RequestsFailWithoutTheOption) {
   std::string why;
   if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
@@ -218,7 +219,7 @@ TEST(DcmhaFusedTimingBuilds, RequestsFailWithoutTheOption) {
                                  ablate);
     };
   };
-  for (const char* var : {"DCF_DCMHA_FUSED_OCC", "DCF_DCMHA_FUSED_PF"}) {
+  for (const char* var : {"DCF_DCMHA_FUSED_OCC", "DCF_DCMHA_FUSED_PAIR", "DCF_DCMHA_FUSED_PF"}) {
     setenv(var, "1", 1);
     EXPECT_NE(message_of(fwd).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << var;
     unsetenv(var);

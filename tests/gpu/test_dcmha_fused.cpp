@@ -6,7 +6,8 @@
 // accumulates into random initial gradients, as dcmha_backward's contract says. This process sets
 // DCF_DCMHA_IMPL=v1, so dcf::dcmha_forward runs the v1 path and the fused kernel is called directly. Seed
 // from the clock (printed); DCF_TEST_SEED=<n> repeats it. Skips with the driver's reason where no GPU is
-// usable.
+// usable. In timing builds (-DDCF_KERNEL_TIMING_BUILDS=ON) the N16 D64 forwards those builds add are
+// checked the same way.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <iostream>
 #include <random>
 #include <string>
@@ -76,12 +78,11 @@ DcmhaShape shape_of(const Case& c) {
 
 class DcmhaFused : public ::testing::TestWithParam<Case> {};
 
-TEST_P(DcmhaFused, MatchesCpuAndV1) {
-  (void)kForceV1;
+// The fused forward of case c against the CPU reference and the v1 path (both computed once): no
+// non-finite outputs, relative L2 error <= 1e-2 against both, for each build in `vars` (the variable that
+// selects it, set to 1 around its call; nullptr: the default build).
+void check_forward(const Case& c, std::initializer_list<const char*> vars) {
   std::string why;
-  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
-  cuda::init();
-  const Case c = GetParam();
   std::mt19937_64 rng(seed() ^ uint64_t(c.T * 131 + c.N * 7 + c.D + c.window * 1009 + c.q_pos0));
   const DcmhaShape sh = shape_of(c);
   const int64_t W5 = 5;
@@ -93,25 +94,53 @@ TEST_P(DcmhaFused, MatchesCpuAndV1) {
 
   Tensor oref = Tensor::empty({c.B, c.T, c.N, c.D}, DType::f32);
   test::dcmha_forward_threads(sh, q.cpu, k.cpu, v.cpu, dw.cpu, oref);
-
-  Tensor ofu = Tensor::empty({c.B, c.T, c.N, c.D}, DType::bf16);
-  for (int64_t i = 0; i < ofu.numel(); ++i) ofu.data<uint16_t>()[i] = 0x7fc0;  // NaN poison
-  ofu = ofu.to(q.gpu.device());
-  cuda::dcmha_fused_forward(sh, q.gpu.raw(), k.gpu.raw(), v.gpu.raw(), dw.gpu.raw(), ofu.raw(), cuda::current_stream());
-  cuda::synchronize();
-
   Tensor ov1 = Tensor::empty({c.B, c.T, c.N, c.D}, DType::bf16, q.gpu.device());
   dcmha_forward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, ov1);  // v1 (DCF_DCMHA_IMPL=v1)
   cuda::synchronize();
+  int64_t nf2 = 0;
+  const double e_v1cpu = rel_err(ov1, oref, &nf2);
 
-  int64_t nf = 0, nf1 = 0, nf2 = 0;
-  const double e_cpu = rel_err(ofu, oref, &nf), e_v1 = rel_err(ofu, ov1, &nf1), e_v1cpu = rel_err(ov1, oref, &nf2);
-  std::cout << "[dcmha-fused] B" << c.B << " T" << c.T << " S" << c.S << " q_pos0 " << c.q_pos0 << " N" << c.N
-            << " D" << c.D << " W" << c.window << ": fused vs cpu " << e_cpu << ", fused vs v1 " << e_v1
-            << ", v1 vs cpu " << e_v1cpu << std::endl;
-  EXPECT_EQ(nf, 0) << "non-finite (unwritten?) outputs";
-  EXPECT_LE(e_cpu, 1e-2);
-  EXPECT_LE(e_v1, 1e-2);
+  for (const char* var : vars) {
+    const std::string what = var ? var : "default build";
+    Tensor ofu = Tensor::empty({c.B, c.T, c.N, c.D}, DType::bf16);
+    for (int64_t i = 0; i < ofu.numel(); ++i) ofu.data<uint16_t>()[i] = 0x7fc0;  // NaN poison
+    ofu = ofu.to(q.gpu.device());
+    if (var) setenv(var, "1", 1);
+    cuda::dcmha_fused_forward(sh, q.gpu.raw(), k.gpu.raw(), v.gpu.raw(), dw.gpu.raw(), ofu.raw(),
+                              cuda::current_stream());
+    if (var) unsetenv(var);
+    cuda::synchronize();
+    int64_t nf = 0, nf1 = 0;
+    const double e_cpu = rel_err(ofu, oref, &nf), e_v1 = rel_err(ofu, ov1, &nf1);
+    std::cout << "[dcmha-fused] " << what << " B" << c.B << " T" << c.T << " S" << c.S << " q_pos0 " << c.q_pos0
+              << " N" << c.N << " D" << c.D << " W" << c.window << ": fused vs cpu " << e_cpu << ", fused vs v1 "
+              << e_v1 << ", v1 vs cpu " << e_v1cpu << std::endl;
+    EXPECT_EQ(nf, 0) << what << ": non-finite (unwritten?) outputs";
+    EXPECT_LE(e_cpu, 1e-2) << what;
+    EXPECT_LE(e_v1, 1e-2) << what;
+  }
+}
+
+TEST_P(DcmhaFused, MatchesCpuAndV1) {
+  (void)kForceV1;
+  std::string why;
+  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
+  cuda::init();
+  check_forward(GetParam(), {nullptr});
+}
+
+// The N16 D64 forwards that exist only in timing builds (-DDCF_KERNEL_TIMING_BUILDS=ON) and are chosen per
+// call by a variable: one CTA per SM, one or two key tiles per iteration, and the key-weight prefetch.
+// The same checks as the default build's, so that a timing build's `ctest -L gpu` verifies what it times.
+TEST_P(DcmhaFused, TimingBuildForwardsMatchCpuAndV1) {
+  std::string why;
+  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
+  if (!cuda::dcmha_fused_timing_builds())
+    GTEST_SKIP() << "timing-only builds not compiled in (DCF_KERNEL_TIMING_BUILDS)";
+  const Case c = GetParam();
+  if (c.N != 16 || c.D != 64) GTEST_SKIP() << "the timing-only forwards are N16 D64 builds";
+  cuda::init();
+  check_forward(c, {"DCF_DCMHA_FUSED_OCC", "DCF_DCMHA_FUSED_PAIR", "DCF_DCMHA_FUSED_PF"});
 }
 
 // Gradients: fused (through dcf::cuda::dcmha_fused_backward) vs the CPU f32 backward and vs v1, every

@@ -763,27 +763,24 @@ __device__ __forceinline__ void stats_reduce(const Tile<N, W, NT>& tl, const flo
   }
   __syncthreads();
 }
-template <int N, class W, int NT, class ScoreFn, class OkFn>
-__device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
-                          ScoreFn scores, OkFn ok, float2* st) {
-  float mrow[8][2], lrow[8][2];
-#pragma unroll
-  for (int h = 0; h < 8; ++h)
-    for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
-  for_key_tiles<N>(tl, kw2, dwb, kstart, khi, 1, S, [&](const Tile<N, W, NT>& tk, int kb) {
-    float x[8][4], tot[16];
-    scores(x, kb);
-    tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (kb / kBK) & 1 : 0);  // (a head split alternates)
-    stats_update(x, ok, kb, mrow, lrow);
-  });
-  stats_reduce(tl, mrow, lrow, st);
+// Both tiles' partial reads of one Compose (weights of `slot`, roff 0) before one exchange barrier (the
+// key slice's barrier covers both buffers), and both tiles' total reads: the two-tile builds' Compose up to
+// its writes (see pair_pre).
+template <int N, class W, int NT>
+__device__ __forceinline__ void pair_reads(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& tb, const float (&xa)[8][4],
+                                           const float (&xb)[8][4], int slot, float (&ta)[16], float (&tt)[16]) {
+  tl.partial_reads(xa, slot, 0, 0);
+  tb.partial_reads(xb, slot, 0, 0);
+  tl.exchange_sync(0);
+  tl.total_reads(ta, 0);
+  tb.total_reads(tt, 0);
 }
 // Two key tiles per iteration (the forward's PR build): tile kb through tl (its key weights in tl.kw, its
 // exchange in tl.red), tile kb + kBK through tb (kw and red of its own). pair_pre starts an iteration:
 // after a barrier (every thread done with both tiles' weights, exchange buffers and P' blocks) it stages
 // both tiles' key weights (nbr branches), computes both tiles' scores into xa and xb and pre-Composes
-// them, both tiles' partial reads before one exchange barrier. An odd last tile runs alone (one-tile
-// staging through for_key_tiles without a prefetch buffer).
+// them (pair_reads, then both tiles' writes). An odd last tile runs alone (one-tile staging through
+// for_key_tiles, which the PR build runs without a prefetch buffer).
 template <int N, class W, int NT, class ScoreFn>
 __device__ __forceinline__ void pair_pre(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& tb, const bf16* dwb, int kb,
                                          int nbr, int S, ScoreFn& scores, float (&xa)[8][4], float (&xb)[8][4]) {
@@ -796,33 +793,32 @@ __device__ __forceinline__ void pair_pre(const Tile<N, W, NT>& tl, const Tile<N,
   float ta[16], tt[16];
   scores(xa, kb);
   scores(xb, kb + kBK);
-  tl.partial_reads(xa, 0, 0, 0);
-  tb.partial_reads(xb, 0, 0, 0);
-  tl.exchange_sync(0);  // the key slice's barrier covers both buffers
-  tl.total_reads(ta, 0);
-  tb.total_reads(tt, 0);
+  pair_reads(tl, tb, xa, xb, 0, ta, tt);
   tl.finish(xa, 0, kI, ta);
   tb.finish(xb, 0, kI, tt);
 }
-template <int N, class W, int NT, class ScoreFn, class OkFn>
-__device__ void row_stats_pair(const Tile<N, W, NT>& tl, const Tile<N, W, NT>& tb, const bf16* dwb, int kstart,
-                               int khi, int S, ScoreFn scores, OkFn ok, float2* st) {
+// With PAIR (the forward's PR build) the key tiles go two per iteration through tl and *tb (pair_pre), an
+// odd last one alone; kw2 must then be null.
+template <int N, bool PAIR = false, class W, int NT, class ScoreFn, class OkFn>
+__device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
+                          ScoreFn scores, OkFn ok, float2* st, const Tile<N, W, NT>* tb = nullptr) {
   float mrow[8][2], lrow[8][2];
 #pragma unroll
   for (int h = 0; h < 8; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
   int kb = kstart;
-  for (; kb + kBK <= khi; kb += 2 * kBK) {
-    float xa[8][4], xb[8][4];
-    pair_pre(tl, tb, dwb, kb, 1, S, scores, xa, xb);
-    stats_update(xa, ok, kb, mrow, lrow);
-    stats_update(xb, ok, kb + kBK, mrow, lrow);
-  }
-  if (kb <= khi)
-    for_key_tiles<N>(tl, static_cast<W*>(nullptr), dwb, kb, kb, 1, S, [&](const Tile<N, W, NT>& tk, int k1) {
+  if constexpr (PAIR)
+    for (; kb + kBK <= khi; kb += 2 * kBK) {
+      float xa[8][4], xb[8][4];
+      pair_pre(tl, *tb, dwb, kb, 1, S, scores, xa, xb);
+      stats_update(xa, ok, kb, mrow, lrow);
+      stats_update(xb, ok, kb + kBK, mrow, lrow);
+    }
+  if (!PAIR || kb <= khi)
+    for_key_tiles<N>(tl, kw2, dwb, kb, khi, 1, S, [&](const Tile<N, W, NT>& tk, int k1) {
       float x[8][4], tot[16];
       scores(x, k1);
-      tk.compose(x, 0, false, tot, 0);
+      tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (k1 / kBK) & 1 : 0);  // (a head split alternates)
       stats_update(x, ok, k1, mrow, lrow);
     });
   stats_reduce(tl, mrow, lrow, st);
@@ -955,8 +951,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
   tlb.kw = reinterpret_cast<WT*>(smem + C::OFF_KWB);
   tlb.red = tlb.red2 = reinterpret_cast<float*>(smem + C::OFF_REDB);
   [[maybe_unused]] uint2* PbB = reinterpret_cast<uint2*>(smem + C::OFF_PB);
-  if constexpr (PR) row_stats_pair<NL>(tl, static_cast<const Tl&>(tlb), dwb, kstart, khi, S, scores, cell_ok, st);
-  else row_stats<NL>(tl, kw2, dwb, kstart, khi, S, scores, cell_ok, st);
+  row_stats<NL, PR>(tl, kw2, dwb, kstart, khi, S, scores, cell_ok, st, &static_cast<const Tl&>(tlb));
   if constexpr (SPL) cluster_sync();  // exchange buffer 0 (part in row_stats) free in both CTAs
   if (a.stats)
     for (int idx = tid; idx < NL * kBQ; idx += THREADS) {
@@ -1020,22 +1015,17 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
       __syncthreads();
       pv(Pb, kb);
     };
-    if constexpr (PR) {
-      // Two key tiles per iteration (see row_stats_pair): each Compose's partial reads of both tiles
-      // before one exchange barrier, both P' blocks before one CTA barrier; an odd last tile alone.
-      const Tl& tb = tlb;
-      int kb = kstart;
-      for (; kb + kBK <= khi; kb += 2 * kBK) {
+    // PR: two key tiles per iteration (see pair_pre): each Compose's partial reads of both tiles before
+    // one exchange barrier, both P' blocks before one CTA barrier; an odd last tile alone (kw2 is null).
+    int kb = kstart;
+    if constexpr (PR)
+      for (const Tl& tb = tlb; kb + kBK <= khi; kb += 2 * kBK) {
         float sa[8][4], sb[8][4], ta[16], tt[16];
         pair_pre(tl, tb, dwb, kb, 2, S, scores, sa, sb);
         probs<NL>(sa, tl, st, kb, cell_ok);
         probs<NL>(sb, tb, st, kb + kBK, cell_ok);
         tl.slice_sync();  // both exchange buffers read: free for the post-Compose
-        tl.partial_reads(sa, 1, 0, 0);
-        tb.partial_reads(sb, 1, 0, 0);
-        tl.exchange_sync(0);
-        tl.total_reads(ta, 0);
-        tb.total_reads(tt, 0);
+        pair_reads(tl, tb, sa, sb, 1, ta, tt);
         if (in_group) {
           tl.finish(sa, 1, kI, ta);
           tb.finish(sb, 1, kI, tt);
@@ -1046,10 +1036,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
         pv(Pb, kb);
         pv(PbB, kb + kBK);
       }
-      if (kb <= khi) for_key_tiles<NL>(tl, static_cast<WT*>(nullptr), dwb, kb, kb, 2, S, tile1);
-    } else {
-      for_key_tiles<NL>(tl, kw2, dwb, kstart, khi, 2, S, tile1);
-    }
+    if (!PR || kb <= khi) for_key_tiles<NL>(tl, kw2, dwb, kb, khi, 2, S, tile1);
     // O columns of n8 tile (j, jj), fragment columns 2c, 2c+1, are d = 32 j + 8 c + 2 jj + {0, 1}.
 #pragma unroll
     for (int hh = 0; hh < C::HPW; ++hh) {

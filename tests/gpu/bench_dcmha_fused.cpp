@@ -11,8 +11,9 @@
 // default 0, B8 T2048 N16 D64 causal), nothing else, as the target of a profiler. The one-CTA forward
 // (one key tile or two per iteration), the backward's ablations, the N16 D64 one-CTA backward the 2-CTA
 // cluster build replaced, the other N32 build (head split or one CTA) and the prefetch builds are timed
-// where the kernels were built with -DDCF_KERNEL_TIMING_BUILDS=ON. A timing build with -DCMAKE_CUDA_FLAGS=-DDCF_ABLATE_COMPOSE=1/2/3 times
-// every kernel with the Compose ablated (kernels/dcmha_fused.cu; wrong results, timing only).
+// where the kernels were built with -DDCF_KERNEL_TIMING_BUILDS=ON. A timing build with
+// -DCMAKE_CUDA_FLAGS=-DDCF_ABLATE_COMPOSE=1/2/3 times every kernel with the Compose ablated
+// (kernels/dcmha_fused.cu; wrong results, timing only).
 #include <algorithm>
 #include <cctype>
 #include <cmath>

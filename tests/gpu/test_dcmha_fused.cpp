@@ -78,6 +78,11 @@ DcmhaShape shape_of(const Case& c) {
 
 class DcmhaFused : public ::testing::TestWithParam<Case> {};
 
+// The variables that select the timing-only N16 D64 forwards (-DDCF_KERNEL_TIMING_BUILDS=ON): one CTA per
+// SM, the same with two key tiles per iteration, and the key-weight prefetch.
+const std::initializer_list<const char*> kTimingForwards = {"DCF_DCMHA_FUSED_OCC", "DCF_DCMHA_FUSED_PAIR",
+                                                            "DCF_DCMHA_FUSED_PF"};
+
 // The fused forward of case c against the CPU reference and the v1 path (both computed once): no
 // non-finite outputs, relative L2 error <= 1e-2 against both, for each build in `vars` (the variable that
 // selects it, set to 1 around its call; nullptr: the default build).
@@ -129,9 +134,8 @@ TEST_P(DcmhaFused, MatchesCpuAndV1) {
   check_forward(GetParam(), {nullptr});
 }
 
-// The N16 D64 forwards that exist only in timing builds (-DDCF_KERNEL_TIMING_BUILDS=ON) and are chosen per
-// call by a variable: one CTA per SM, one or two key tiles per iteration, and the key-weight prefetch.
-// The same checks as the default build's, so that a timing build's `ctest -L gpu` verifies what it times.
+// The timing-only N16 D64 forwards (kTimingForwards, chosen per call by their variable): the same checks
+// as the default build's, so that a timing build's `ctest -L gpu` verifies what it times.
 TEST_P(DcmhaFused, TimingBuildForwardsMatchCpuAndV1) {
   std::string why;
   if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
@@ -140,7 +144,7 @@ TEST_P(DcmhaFused, TimingBuildForwardsMatchCpuAndV1) {
   const Case c = GetParam();
   if (c.N != 16 || c.D != 64) GTEST_SKIP() << "the timing-only forwards are N16 D64 builds";
   cuda::init();
-  check_forward(c, {"DCF_DCMHA_FUSED_OCC", "DCF_DCMHA_FUSED_PAIR", "DCF_DCMHA_FUSED_PF"});
+  check_forward(c, kTimingForwards);
 }
 
 // Gradients: fused (through dcf::cuda::dcmha_fused_backward) vs the CPU f32 backward and vs v1, every
@@ -248,7 +252,7 @@ TEST(DcmhaFusedTimingBuilds, RequestsFailWithoutTheOption) {
                                  ablate);
     };
   };
-  for (const char* var : {"DCF_DCMHA_FUSED_OCC", "DCF_DCMHA_FUSED_PAIR", "DCF_DCMHA_FUSED_PF"}) {
+  for (const char* var : kTimingForwards) {
     setenv(var, "1", 1);
     EXPECT_NE(message_of(fwd).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << var;
     unsetenv(var);

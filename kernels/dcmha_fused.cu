@@ -708,61 +708,6 @@ __device__ __forceinline__ void cell_mask(OkFn& ok, int kb, bool (&okc)[4]) {
   for (int e = 0; e < 4; ++e) okc[e] = ok(kb, e);
 }
 
-// Pass 1 of both kernels: per-head row max and sum of the pre-Composed, masked logits, reduced to
-// st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
-// `part` aliases red. Ends with st written and visible (barrier). stats_update adds one tile to this
-// lane's running (max, sum) per head and row; stats_reduce combines the lanes and key slices.
-template <class OkFn>
-__device__ __forceinline__ void stats_update(const float (&x)[8][4], OkFn& ok, int kb, float (&mrow)[8][2],
-                                             float (&lrow)[8][2]) {
-  bool okc[4];
-  cell_mask(ok, kb, okc);
-#pragma unroll
-  for (int h = 0; h < 8; ++h)
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      const float z0 = okc[2 * ri] ? x[h][2 * ri] : -INFINITY, z1 = okc[2 * ri + 1] ? x[h][2 * ri + 1] : -INFINITY;
-      const float mx = fmaxf(z0, z1);
-      if (mx == -INFINITY) continue;
-      const float mn = fmaxf(mrow[h][ri], mx);
-      lrow[h][ri] = lrow[h][ri] * __expf(mrow[h][ri] - mn) + __expf(z0 - mn) + __expf(z1 - mn);
-      mrow[h][ri] = mn;
-    }
-}
-template <int N, class W, int NT>
-__device__ __forceinline__ void stats_reduce(const Tile<N, W, NT>& tl, const float (&mrow)[8][2],
-                                             const float (&lrow)[8][2], float2* st) {
-  float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
-  __syncthreads();  // red is reused as part below
-#pragma unroll
-  for (int h = 0; h < 8; ++h)
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      float m = mrow[h][ri], l = lrow[h][ri];
-#pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, off), l2 = __shfl_xor_sync(0xffffffffu, l, off);
-        const float M = fmaxf(m, m2);
-        l = M == -INFINITY ? 0.f : l * __expf(m - M) + l2 * __expf(m2 - M);
-        m = M;
-      }
-      if (tl.c == 0) part[(tl.kwp * N + 8 * tl.hw + h) * kBQ + tl.g + 8 * ri] = make_float2(m, l);
-    }
-  __syncthreads();
-  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N, W, NT>::THREADS) {
-    float M = -INFINITY;
-#pragma unroll
-    for (int k4 = 0; k4 < 4; ++k4) M = fmaxf(M, part[k4 * N * kBQ + idx].x);
-    float L = 0.f;
-#pragma unroll
-    for (int k4 = 0; k4 < 4; ++k4) {
-      const float2 p = part[k4 * N * kBQ + idx];
-      if (p.x != -INFINITY) L += p.y * __expf(p.x - M);
-    }
-    st[idx] = make_float2(M, L > 0.f ? 1.f / L : 0.f);
-  }
-  __syncthreads();
-}
 // Both tiles' partial reads of one Compose (weights of `slot`, roff 0) before one exchange barrier (the
 // key slice's barrier covers both buffers), and both tiles' total reads: the two-tile builds' Compose up to
 // its writes (see pair_pre).
@@ -797,8 +742,30 @@ __device__ __forceinline__ void pair_pre(const Tile<N, W, NT>& tl, const Tile<N,
   tl.finish(xa, 0, kI, ta);
   tb.finish(xb, 0, kI, tt);
 }
-// With PAIR (the forward's PR build) the key tiles go two per iteration through tl and *tb (pair_pre), an
-// odd last one alone; kw2 must then be null.
+
+template <class OkFn>
+__device__ __forceinline__ void stats_update(const float (&x)[8][4], OkFn& ok, int kb, float (&mrow)[8][2],
+                                             float (&lrow)[8][2]) {
+  bool okc[4];
+  cell_mask(ok, kb, okc);
+#pragma unroll
+  for (int h = 0; h < 8; ++h)
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+      const float z0 = okc[2 * ri] ? x[h][2 * ri] : -INFINITY, z1 = okc[2 * ri + 1] ? x[h][2 * ri + 1] : -INFINITY;
+      const float mx = fmaxf(z0, z1);
+      if (mx == -INFINITY) continue;
+      const float mn = fmaxf(mrow[h][ri], mx);
+      lrow[h][ri] = lrow[h][ri] * __expf(mrow[h][ri] - mn) + __expf(z0 - mn) + __expf(z1 - mn);
+      mrow[h][ri] = mn;
+    }
+}
+
+// Pass 1 of both kernels: per-head row max and sum of the pre-Composed, masked logits, reduced to
+// st[n * kBQ + row] = (m, 1/l). `scores(x, kb)` fills the tile's logits; `ok(kb, e)` is the mask.
+// `part` aliases red. Ends with st written and visible (barrier). With PAIR (the forward's PR build) the
+// key tiles go two per iteration through tl and *tb (pair_pre), an odd last one alone; kw2 must then be
+// null. stats_update adds one tile to this lane's running (max, sum) per head and row.
 template <int N, bool PAIR = false, class W, int NT, class ScoreFn, class OkFn>
 __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
                           ScoreFn scores, OkFn ok, float2* st, const Tile<N, W, NT>* tb = nullptr) {
@@ -821,7 +788,36 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
       tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (k1 / kBK) & 1 : 0);  // (a head split alternates)
       stats_update(x, ok, k1, mrow, lrow);
     });
-  stats_reduce(tl, mrow, lrow, st);
+  float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
+  __syncthreads();  // red is reused as part below
+#pragma unroll
+  for (int h = 0; h < 8; ++h)
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+      float m = mrow[h][ri], l = lrow[h][ri];
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, off), l2 = __shfl_xor_sync(0xffffffffu, l, off);
+        const float M = fmaxf(m, m2);
+        l = M == -INFINITY ? 0.f : l * __expf(m - M) + l2 * __expf(m2 - M);
+        m = M;
+      }
+      if (tl.c == 0) part[(tl.kwp * N + 8 * tl.hw + h) * kBQ + tl.g + 8 * ri] = make_float2(m, l);
+    }
+  __syncthreads();
+  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N, W, NT>::THREADS) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int k4 = 0; k4 < 4; ++k4) M = fmaxf(M, part[k4 * N * kBQ + idx].x);
+    float L = 0.f;
+#pragma unroll
+    for (int k4 = 0; k4 < 4; ++k4) {
+      const float2 p = part[k4 * N * kBQ + idx];
+      if (p.x != -INFINITY) L += p.y * __expf(p.x - M);
+    }
+    st[idx] = make_float2(M, L > 0.f ? 1.f / L : 0.f);
+  }
+  __syncthreads();
 }
 
 // Softmax with the row statistics, in place on the pre-Composed logits: p = exp(z - m) / l, 0 where masked.

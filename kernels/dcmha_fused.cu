@@ -104,15 +104,6 @@ struct FusedArgs {
   int T, S, q_pos0, window;
 };
 
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ uint32_t mov_trans(uint32_t x) {
   uint32_t y;
   asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
@@ -665,8 +656,8 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
 #pragma unroll
     for (int j = 0; j < NC; ++j) {
       const uint4 kk = ldg16(pk + h * D + 32 * j), qa = ldg16(pa + h * D + 32 * j), qb = ldg16(pb + h * D + 32 * j);
-      mma_bf16(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
-      mma_bf16(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
+      mma16<false>(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
+      mma16<false>(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
     }
   }
 }
@@ -695,8 +686,8 @@ __device__ __forceinline__ void scores_staged(float (&x)[8][4], const uint4 (&kf
     for (int j = 0; j < D / 32; ++j) {
       const uint16_t* pr = ps + h * kBQ * D + 8 * ((4 * j + tl.c) ^ sw);
       const uint4 qa = lds16(pr), qb = lds16(pr + 8 * D), kk = kf[h][j];
-      mma_bf16(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
-      mma_bf16(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
+      mma16<false>(x[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
+      mma16<false>(x[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
     }
   }
 }
@@ -933,8 +924,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
         const uint4 kk = ldg16(kp + h * D + 32 * j);
         const uint4 qa = Qs[(((8 * hw + h) * NC + j) * 2 + 0) * 32 + lane];
         const uint4 qb = Qs[(((8 * hw + h) * NC + j) * 2 + 1) * 32 + lane];
-        mma_bf16(sc[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
-        mma_bf16(sc[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
+        mma16<false>(sc[h], qa.x, qb.x, qa.y, qb.y, kk.x, kk.y);
+        mma16<false>(sc[h], qa.z, qb.z, qa.w, qb.w, kk.z, kk.w);
       }
     }
   };
@@ -989,7 +980,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
             const uint4 va = ldg16(va_p + 32 * j), vb = ldg16(vb_p + 32 * j);
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj)
-              mma_bf16(acc[hh][j][jj], pa.x, pa.y, pb.x, pb.y, mov_trans(comp(va, jj)), mov_trans(comp(vb, jj)));
+              mma16<false>(acc[hh][j][jj], pa.x, pa.y, pb.x, pb.y, mov_trans(comp(va, jj)), mov_trans(comp(vb, jj)));
           }
         }
       }
@@ -1743,8 +1734,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
             acc[2 * j][0] = acc[2 * j][1] = acc[2 * j][2] = acc[2 * j][3] = 0.f;
             acc[2 * j + 1][0] = acc[2 * j + 1][1] = acc[2 * j + 1][2] = acc[2 * j + 1][3] = 0.f;
           }
-          mma_bf16(acc[2 * j], af[0], af[1], af[2], af[3], bfr[0], bfr[1]);
-          mma_bf16(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
+          mma16<false>(acc[2 * j], af[0], af[1], af[2], af[3], bfr[0], bfr[1]);
+          mma16<false>(acc[2 * j + 1], af[0], af[1], af[2], af[3], bfr[2], bfr[3]);
         }
       };
 #pragma unroll 1
@@ -1774,7 +1765,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
                 const uint4 va = ldg16(ka + 32 * j), vc = ldg16(kc + 32 * j);
 #pragma unroll
                 for (int jj = 0; jj < 4; ++jj)
-                  mma_bf16(acc[4 * j + jj], af[0], af[1], af[2], af[3], mov_trans(comp(va, jj)),
+                  mma16<false>(acc[4 * j + jj], af[0], af[1], af[2], af[3], mov_trans(comp(va, jj)),
                            mov_trans(comp(vc, jj)));
               }
             } else if constexpr (C::BA) {
@@ -1994,7 +1985,8 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 // Timing-only builds (compiled with -DDCF_KERNEL_TIMING_BUILDS=ON): the N16 D64 forward at one CTA
 // per SM (DCF_DCMHA_FUSED_OCC=1), the same with two key tiles per iteration (DCF_DCMHA_FUSED_PAIR=1: the
-// PR build, docs/perf F9), the N16 D64 builds with the key-weight prefetch
+// PR build, docs/perf F9: 3.5 % faster than the default at T 2048 without a window, slower with one and at
+// T 8192), the N16 D64 builds with the key-weight prefetch
 // (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2),
 // the N32 build that is not the default (one CTA of 512 threads for all heads, or the head split:
 // DCF_DCMHA_FUSED_N32_ALT=1, see n32_split) and the backward's ablations. The variables are read at every

@@ -75,6 +75,13 @@
 // fp32 accumulation; 0 = all of it in fp32 on the CUDA cores. Measured: 1 is 1-2 % faster on every N16
 // shape (forward 1.7 %, T 8192 2 %), three calls side by side (docs/perf, round 12). Range: f16 holds
 // the logits and their key-side reads up to 65504 (logits in the thousands overflow: a non-finite step).
+// The order in which the CTAs of a launch take their work (grid_slot): 0 (the default) = as blockIdx gives
+// it, each batch's tiles heaviest first, batch by batch; 1 = heaviest causal tiles first over all batches
+// (built, not yet timed: docs/perf/dcmha_fused.md, round 13, O1).
+#ifndef DCF_GRID_LPT
+#define DCF_GRID_LPT 0
+#endif
+
 #ifndef DCF_KEY_MMA
 #define DCF_KEY_MMA 1
 #endif
@@ -570,11 +577,22 @@ __device__ void Tile<N, W, NT>::init_exchange() const {
   }
 }
 
-// The first query row of the CTA's tile: tiles in reverse order of blockIdx.x, so that the heaviest (causal)
-// ones start first; with a head split (SPL) the two CTAs of a cluster (consecutive x) share a tile.
+// Where a CTA sits in the grid (x = query tiles, rounded up to whole clusters; y = batch): units of U CTAs
+// (one CTA, or the U CTAs of a cluster along x) are ordered heaviest first over the whole grid, the batch
+// varying fastest, so that the causal tiles with the most keys start first in every batch (with the batch
+// slowest, as blockIdx alone gives, each batch's heavy tiles would wait for the previous batches' light
+// ones and end the kernel with a tail). Returns (x, batch): x is the CTA's place among its batch's CTAs.
+template <int U>
+__device__ __forceinline__ uint2 grid_slot() {
+  if constexpr (!DCF_GRID_LPT) return make_uint2(blockIdx.x, blockIdx.y);
+  const unsigned L = blockIdx.x / U + gridDim.x / U * blockIdx.y;
+  return make_uint2(L / gridDim.y * U + blockIdx.x % U, L % gridDim.y);
+}
+// The first query row of the CTA's tile from its x: tiles in reverse order of x, so that the heaviest
+// (causal) ones start first; with a head split (SPL) the two CTAs of a cluster (consecutive x) share a tile.
 template <bool SPL>
-__device__ __forceinline__ int tile_row0() {
-  return ((SPL ? gridDim.x / 2 : gridDim.x) - 1 - (SPL ? blockIdx.x / 2 : blockIdx.x)) * kBQ;
+__device__ __forceinline__ int tile_row0(unsigned x) {
+  return ((SPL ? gridDim.x / 2 : gridDim.x) - 1 - (SPL ? x / 2 : x)) * kBQ;
 }
 
 // The key-tile loop of every pass: key tiles kstart .. khi (step kBK), each with its key-side weights
@@ -893,8 +911,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
   WT* kw2 = C::DBL ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int hoff = tl.hs;  // this CTA's first head (0 without a head split)
-  const int b = blockIdx.y;
-  const int t0 = tile_row0<SPL>();
+  const uint2 slot = grid_slot<SPL ? 2 : 1>();
+  const int b = int(slot.y);
+  const int t0 = tile_row0<SPL>(slot.x);
   const int T = a.T, S = a.S, W = a.window;
   const bf16* dwb = a.dw + int64_t(b) * S * 4 * WN;
   tl.init_exchange();
@@ -1303,8 +1322,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + NL * kBQ * 8);     // [NL][kBQ] Delta
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int hoff = tl.hs;  // this CTA's first head (0 without a head split)
-  const int b = blockIdx.y;
-  const int t0 = tile_row0<SPL>();
+  const uint2 slot = grid_slot<SPL || CL2 ? 2 : 1>();
+  const int b = int(slot.y);
+  const int t0 = tile_row0<SPL>(slot.x);
   tl.init_exchange();
   const int T = a.T, S = a.S, W = a.window;
   // CL2: the two CTAs of a cluster hold the query rows [pb, pb + 32): cluster rank 1 the first 16, rank 0

@@ -75,6 +75,10 @@
 // fp32 accumulation; 0 = all of it in fp32 on the CUDA cores. Measured: 1 is 1-2 % faster on every N16
 // shape (forward 1.7 %, T 8192 2 %), three calls side by side (docs/perf, round 12). Range: f16 holds
 // the logits and their key-side reads up to 65504 (logits in the thousands overflow: a non-finite step).
+#ifndef DCF_KEY_MMA
+#define DCF_KEY_MMA 1
+#endif
+
 // The order in which the CTAs of a launch take their work (grid_slot): 0 (the default) = as blockIdx gives
 // it, each batch's tiles heaviest first, batch by batch; 1 = heaviest causal tiles first over all batches
 // (built, not yet timed: docs/perf/dcmha_fused.md, round 13, O1).
@@ -82,9 +86,6 @@
 #define DCF_GRID_LPT 0
 #endif
 
-#ifndef DCF_KEY_MMA
-#define DCF_KEY_MMA 1
-#endif
 // Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
 // Compose cost, in all kernels at once. 1 = no exchange barrier (the key slice's named barrier between the
 // partial reads and their sum is skipped; the sums read whatever the buffer holds); 2 = no weight loads
@@ -1786,7 +1787,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
 #pragma unroll
                 for (int jj = 0; jj < 4; ++jj)
                   mma16<false>(acc[4 * j + jj], af[0], af[1], af[2], af[3], mov_trans(comp(va, jj)),
-                           mov_trans(comp(vc, jj)));
+                               mov_trans(comp(vc, jj)));
               }
             } else if constexpr (C::BA) {
               const uint32_t off =

@@ -79,11 +79,13 @@
 #define DCF_KEY_MMA 1
 #endif
 
-// The order in which the CTAs of a launch take their work (grid_slot): 0 (the default) = as blockIdx gives
-// it, each batch's tiles heaviest first, batch by batch; 1 = heaviest causal tiles first over all batches
-// (built, not yet timed: docs/perf/dcmha_fused.md, round 13, O1).
+// The order in which the CTAs of a launch take their work (grid_slot): 0 = as blockIdx gives it, each
+// batch's tiles heaviest first, batch by batch; 1 (the default) = the forward's heaviest causal tiles first
+// over all batches, the backward as blockIdx gives it; 2 = both over all batches. Measured (docs/perf,
+// round 14, O1): over all batches the forward is 15 % faster at B8 T2048 N16 D64 and 5 % at W256 (its
+// tail: the last batch's heavy tiles started last), the backward up to 14 % slower (W256, N16 D128).
 #ifndef DCF_GRID_LPT
-#define DCF_GRID_LPT 0
+#define DCF_GRID_LPT 1
 #endif
 
 // Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
@@ -578,14 +580,14 @@ __device__ void Tile<N, W, NT>::init_exchange() const {
   }
 }
 
-// Where a CTA sits in the grid (x = query tiles, rounded up to whole clusters; y = batch): units of U CTAs
-// (one CTA, or the U CTAs of a cluster along x) are ordered heaviest first over the whole grid, the batch
-// varying fastest, so that the causal tiles with the most keys start first in every batch (with the batch
-// slowest, as blockIdx alone gives, each batch's heavy tiles would wait for the previous batches' light
-// ones and end the kernel with a tail). Returns (x, batch): x is the CTA's place among its batch's CTAs.
-template <int U>
+// Where a CTA sits in the grid (x = query tiles, rounded up to whole clusters; y = batch). ALL: units of U
+// CTAs (one CTA, or the U CTAs of a cluster along x) are ordered heaviest first over the whole grid, the
+// batch varying fastest, so that the causal tiles with the most keys start first in every batch (with the
+// batch slowest, as blockIdx alone gives, each batch's heavy tiles wait for the previous batches' light ones
+// and end the kernel with a tail). Returns (x, batch): x is the CTA's place among its batch's CTAs.
+template <int U, bool ALL>
 __device__ __forceinline__ uint2 grid_slot() {
-  if constexpr (!DCF_GRID_LPT) return make_uint2(blockIdx.x, blockIdx.y);
+  if constexpr (!ALL) return make_uint2(blockIdx.x, blockIdx.y);
   const unsigned L = blockIdx.x / U + gridDim.x / U * blockIdx.y;
   return make_uint2(L / gridDim.y * U + blockIdx.x % U, L % gridDim.y);
 }
@@ -912,7 +914,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, MINB) dcmha_fused_fwd_ke
   WT* kw2 = C::DBL ? reinterpret_cast<WT*>(smem + C::OFF_KW2) : nullptr;
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int hoff = tl.hs;  // this CTA's first head (0 without a head split)
-  const uint2 slot = grid_slot<SPL ? 2 : 1>();
+  const uint2 slot = grid_slot<SPL ? 2 : 1, DCF_GRID_LPT != 0>();
   const int b = int(slot.y);
   const int t0 = tile_row0<SPL>(slot.x);
   const int T = a.T, S = a.S, W = a.window;
@@ -1323,7 +1325,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   float* dl = reinterpret_cast<float*>(smem + C::OFF_ST + NL * kBQ * 8);     // [NL][kBQ] Delta
   const int tid = tl.tid, lane = tl.lane, warp = tl.warp, kwp = tl.kwp, hw = tl.hw, g = tl.g, c = tl.c;
   const int hoff = tl.hs;  // this CTA's first head (0 without a head split)
-  const uint2 slot = grid_slot<SPL || CL2 ? 2 : 1>();
+  const uint2 slot = grid_slot<SPL || CL2 ? 2 : 1, DCF_GRID_LPT == 2>();
   const int b = int(slot.y);
   const int t0 = tile_row0<SPL>(slot.x);
   tl.init_exchange();

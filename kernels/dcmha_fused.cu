@@ -87,6 +87,12 @@
 #ifndef DCF_GRID_LPT
 #define DCF_GRID_LPT 1
 #endif
+// With the order over batches: how many batch elements are interleaved (groups of that many, one after
+// the other, each heaviest first); 0 (the default) = all of them. Fewer keep fewer sequences' K and V in
+// L2 at once (built, not yet timed: docs/perf/dcmha_fused.md, round 14).
+#ifndef DCF_GRID_GROUP
+#define DCF_GRID_GROUP 0
+#endif
 
 // Timing only (wrong results; compiled only beside -DDCF_KERNEL_TIMING_BUILDS=ON): what parts of every
 // Compose cost, in all kernels at once. 1 = no exchange barrier (the key slice's named barrier between the
@@ -589,6 +595,12 @@ template <int U, bool ALL>
 __device__ __forceinline__ uint2 grid_slot() {
   if constexpr (!ALL) return make_uint2(blockIdx.x, blockIdx.y);
   const unsigned L = blockIdx.x / U + gridDim.x / U * blockIdx.y;
+  if constexpr (DCF_GRID_GROUP > 0) {
+    // Group grp holds batches [grp G, grp G + gb), gb = G but for a shorter last group.
+    const unsigned X = gridDim.x / U, grp = L / (X * DCF_GRID_GROUP), p = L % (X * DCF_GRID_GROUP);
+    const unsigned gb = min(unsigned(DCF_GRID_GROUP), gridDim.y - grp * DCF_GRID_GROUP);
+    return make_uint2(p / gb * U + blockIdx.x % U, grp * DCF_GRID_GROUP + p % gb);
+  }
   return make_uint2(L / gridDim.y * U + blockIdx.x % U, L % gridDim.y);
 }
 // The first query row of the CTA's tile from its x: tiles in reverse order of x, so that the heaviest

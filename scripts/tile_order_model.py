@@ -5,9 +5,10 @@ Each CTA owns 16 query rows of one sequence and visits every key tile of 32 up t
 i (from 0) costs (16 i + 16) / 32 key tiles plus a fixed cost. CTAs start in dispatch order on the first free
 slot (slots = CTAs resident at once on the whole GPU; a cluster pair counts as one unit on half the
 slots). Prints the makespan for the blockIdx order (each batch heaviest first, batch after batch) and for
-the heaviest tiles first over all batches, in key-tile units.
+the heaviest tiles first over all batches (or, with --group G, over groups of G batches taken one after
+the other, as the kernels' DCF_GRID_GROUP), in key-tile units.
 
-usage: tile_order_model.py [--fixed C] B T SLOTS [B T SLOTS ...]
+usage: tile_order_model.py [--fixed C] [--group G] B T SLOTS [B T SLOTS ...]
 """
 import argparse
 import heapq
@@ -26,6 +27,7 @@ def makespan(jobs, slots):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixed", type=float, default=2.0, help="fixed cost of a CTA in key tiles (default 2)")
+    ap.add_argument("--group", type=int, default=0, help="batches interleaved per group (default 0 = all)")
     ap.add_argument("shape", nargs="+", type=int, help="B T SLOTS triples")
     args = ap.parse_args()
     if len(args.shape) % 3:
@@ -37,10 +39,13 @@ def main():
         tiles = t // 16
         work = [args.fixed + (16 * i + 16) / 32 for i in range(tiles)]
         blockidx = [work[i] for _ in range(b) for i in reversed(range(tiles))]
-        heaviest = sorted(blockidx, reverse=True)
+        grp = args.group if args.group > 0 else b
+        heaviest = []
+        for first in range(0, b, grp):
+            heaviest += sorted((work[i] for _ in range(first, min(b, first + grp)) for i in range(tiles)), reverse=True)
         a, h = makespan(blockidx, slots), makespan(heaviest, slots)
         bound = max(sum(blockidx) / slots, max(work))
-        print(f"B{b} T{t} slots {slots}: blockIdx order {a:.1f}, heaviest first {h:.1f} "
+        print(f"B{b} T{t} slots {slots}: blockIdx order {a:.1f}, heaviest first{f' (groups of {grp})' if grp < b else ''} {h:.1f} "
               f"({100 * (h - a) / a:+.1f} %), bound {bound:.1f}")
 
 

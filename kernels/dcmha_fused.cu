@@ -33,6 +33,7 @@
 #include <type_traits>
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/grid_order.h"
 #include "kernels/tensor.h"
 
 #ifndef DCF_KERNEL_TIMING_BUILDS
@@ -586,22 +587,14 @@ __device__ void Tile<N, W, NT>::init_exchange() const {
   }
 }
 
-// Where a CTA sits in the grid (x = query tiles, rounded up to whole clusters; y = batch). ALL: units of U
-// CTAs (one CTA, or the U CTAs of a cluster along x) are ordered heaviest first over the whole grid, the
-// batch varying fastest, so that the causal tiles with the most keys start first in every batch (with the
-// batch slowest, as blockIdx alone gives, each batch's heavy tiles wait for the previous batches' light ones
-// and end the kernel with a tail). Returns (x, batch): x is the CTA's place among its batch's CTAs.
+// Where this CTA sits in the grid: (x, batch) by grid_slot_of (kernels/grid_order.h), with units of U CTAs
+// (one CTA, or a cluster along x) and the order over all batches where ALL.
 template <int U, bool ALL>
 __device__ __forceinline__ uint2 grid_slot() {
-  if constexpr (!ALL) return make_uint2(blockIdx.x, blockIdx.y);
-  const unsigned L = blockIdx.x / U + gridDim.x / U * blockIdx.y;
-  if constexpr (DCF_GRID_GROUP > 0) {
-    // Group grp holds batches [grp G, grp G + gb), gb = G but for a shorter last group.
-    const unsigned X = gridDim.x / U, grp = L / (X * DCF_GRID_GROUP), p = L % (X * DCF_GRID_GROUP);
-    const unsigned gb = min(unsigned(DCF_GRID_GROUP), gridDim.y - grp * DCF_GRID_GROUP);
-    return make_uint2(p / gb * U + blockIdx.x % U, grp * DCF_GRID_GROUP + p % gb);
-  }
-  return make_uint2(L / gridDim.y * U + blockIdx.x % U, L % gridDim.y);
+  // (Read in this order, the kernels compile to the same code as the inline form they were measured with.)
+  const unsigned bx = blockIdx.x, gx = gridDim.x, by = blockIdx.y, gy = gridDim.y;
+  const GridSlot s = grid_slot_of<U, ALL, DCF_GRID_GROUP>(bx, by, gx, gy);
+  return make_uint2(s.x, s.batch);
 }
 // The first query row of the CTA's tile from its x: tiles in reverse order of x, so that the heaviest
 // (causal) ones start first; with a head split (SPL) the two CTAs of a cluster (consecutive x) share a tile.

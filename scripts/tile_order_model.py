@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--group", type=int, default=0, help="batches interleaved per group (default 0 = all)")
     ap.add_argument("shape", nargs="+", type=int, help="B T SLOTS triples")
     args = ap.parse_args()
+    if args.group < 0:
+        ap.error(f"--group must be 0 (all) or a positive batch count, got {args.group}")
     if len(args.shape) % 3:
         ap.error("shapes come as B T SLOTS triples")
     for k in range(0, len(args.shape), 3):

@@ -4,6 +4,7 @@
 
 #include "kernels/cpu_kernels.h"
 #include "kernels/ops.h"
+#include "kernels/profile.h"
 #ifdef DCF_WITH_CUDA
 #include "kernels/cuda_ops.h"
 #endif
@@ -61,6 +62,7 @@ void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, doubl
 void gemm_ex(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const Tensor& a, int64_t a_off,
              int64_t lda, const Tensor& b, int64_t b_off, int64_t ldb, double beta, Tensor& c, int64_t c_off,
              int64_t ldc) {
+  DCF_RANGE("gemm");
   DCF_CHECK(a.dtype() == b.dtype() && a.dtype() == c.dtype(), "gemm dtypes ", a.desc(), b.desc(), c.desc());
   // Bounds: the last element each operand touches must lie inside its tensor.
   auto last = [](bool t, int64_t rows, int64_t cols, int64_t ld) { return t ? (cols - 1) * ld + rows : (rows - 1) * ld + cols; };
@@ -76,6 +78,7 @@ void gemm_ex(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, co
 }
 
 void cast(const Tensor& src, Tensor& dst) {
+  DCF_RANGE("cast");
   DCF_CHECK(src.numel() == dst.numel() && src.device() == dst.device(), "cast ", src.desc(), " -> ", dst.desc());
   if (src.dtype() == dst.dtype()) {
     dst.copy_from(src);
@@ -94,6 +97,7 @@ void cast(const Tensor& src, Tensor& dst) {
 }
 
 void add_(Tensor& y, const Tensor& x, double alpha) {
+  DCF_RANGE("add_");
   DCF_CHECK(y.numel() == x.numel() && y.dtype() == x.dtype(), "add_ ", y.desc(), " += ", x.desc());
   DCF_DISPATCH_CUDA(y, add_, y, x, alpha);
   DCF_FLOAT_SWITCH(y, "add_", {
@@ -104,6 +108,7 @@ void add_(Tensor& y, const Tensor& x, double alpha) {
 }
 
 void scale_(Tensor& y, double s) {
+  DCF_RANGE("scale_");
   DCF_DISPATCH_CUDA(y, scale_, y, s);
   DCF_FLOAT_SWITCH(y, "scale_", {
     T* yp = y.data<T>();
@@ -112,6 +117,7 @@ void scale_(Tensor& y, double s) {
 }
 
 double sum_squares(const Tensor& x) {
+  DCF_RANGE("sum_squares");
   DCF_DISPATCH_CUDA(x, sum_squares, x);
   double acc = 0;
   DCF_FLOAT_SWITCH(x, "sum_squares", {
@@ -122,6 +128,7 @@ double sum_squares(const Tensor& x) {
 }
 
 void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out, int64_t off) {
+  DCF_RANGE("embedding_forward");
   DCF_CHECK(ids.dtype() == DType::i32 && out.numel() == ids.numel() * table.dim(1), "embedding shapes");
   DCF_DISPATCH_CUDA(table, embedding_forward, table, ids, out, off);
   DCF_FLOAT_SWITCH(table, "embedding_forward",
@@ -130,6 +137,7 @@ void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out, int6
 }
 
 void embedding_backward(const Tensor& dout, const Tensor& ids, Tensor& dtable, int64_t off) {
+  DCF_RANGE("embedding_backward");
   DCF_DISPATCH_CUDA(dtable, embedding_backward, dout, ids, dtable, off);
   DCF_FLOAT_SWITCH(dtable, "embedding_backward",
                    cpu::embedding_backward<T>(dout.data<T>(), dtable.dim(0), dtable.dim(1), ids.data<int32_t>(),
@@ -137,6 +145,7 @@ void embedding_backward(const Tensor& dout, const Tensor& ids, Tensor& dtable, i
 }
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, double eps) {
+  DCF_RANGE("rmsnorm_forward");
   int64_t C = x.dim(-1), R = x.numel() / C;
   DCF_CHECK(rstd.numel() == R && y.numel() == x.numel() && (!w.defined() || w.numel() == C), "rmsnorm shapes ",
             x.desc());
@@ -146,6 +155,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, Tensor& y, Tensor& rstd, 
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor* dw) {
+  DCF_RANGE("rmsnorm_backward");
   int64_t C = x.dim(-1), R = x.numel() / C;
   DCF_DISPATCH_CUDA(x, rmsnorm_backward, dy, x, w, rstd, dx, dw);
   DCF_FLOAT_SWITCH(x, "rmsnorm_backward",
@@ -154,6 +164,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
 }
 
 void rope_forward(Tensor& x, int64_t pos0, double base, int64_t rot) {
+  DCF_RANGE("rope_forward");
   DCF_CHECK(x.ndim() == 4 && rot % 2 == 0 && rot <= x.dim(3), "rope on ", x.desc(), " rot ", rot);
   DCF_DISPATCH_CUDA(x, rope_forward, x, pos0, base, rot);
   DCF_FLOAT_SWITCH(x, "rope_forward",
@@ -161,6 +172,7 @@ void rope_forward(Tensor& x, int64_t pos0, double base, int64_t rot) {
 }
 
 void rope_backward(Tensor& dx, int64_t pos0, double base, int64_t rot) {
+  DCF_RANGE("rope_backward");
   DCF_CHECK(dx.ndim() == 4 && rot % 2 == 0 && rot <= dx.dim(3), "rope on ", dx.desc(), " rot ", rot);
   DCF_DISPATCH_CUDA(dx, rope_backward, dx, pos0, base, rot);
   DCF_FLOAT_SWITCH(dx, "rope_backward",
@@ -168,12 +180,14 @@ void rope_backward(Tensor& dx, int64_t pos0, double base, int64_t rot) {
 }
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
+  DCF_RANGE("swiglu_forward");
   DCF_DISPATCH_CUDA(gate, swiglu_forward, gate, up, out);
   DCF_FLOAT_SWITCH(gate, "swiglu_forward",
                    cpu::swiglu_forward<T>(gate.data<T>(), up.data<T>(), out.data<T>(), gate.numel()));
 }
 
 void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup) {
+  DCF_RANGE("swiglu_backward");
   DCF_DISPATCH_CUDA(gate, swiglu_backward, dout, gate, up, dgate, dup);
   DCF_FLOAT_SWITCH(gate, "swiglu_backward",
                    cpu::swiglu_backward<T>(dout.data<T>(), gate.data<T>(), up.data<T>(), dgate.data<T>(),
@@ -181,17 +195,20 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
 }
 
 void gelu_tanh_forward(const Tensor& x, Tensor& y) {
+  DCF_RANGE("gelu_tanh_forward");
   DCF_DISPATCH_CUDA(x, gelu_tanh_forward, x, y);
   DCF_FLOAT_SWITCH(x, "gelu_tanh_forward", cpu::gelu_tanh_forward<T>(x.data<T>(), y.data<T>(), x.numel()));
 }
 
 void gelu_tanh_backward(const Tensor& dy, const Tensor& x, Tensor& dx) {
+  DCF_RANGE("gelu_tanh_backward");
   DCF_DISPATCH_CUDA(x, gelu_tanh_backward, dy, x, dx);
   DCF_FLOAT_SWITCH(x, "gelu_tanh_backward",
                    cpu::gelu_tanh_backward<T>(dy.data<T>(), x.data<T>(), dx.data<T>(), x.numel()));
 }
 
 void dynw_finalize_forward(const Tensor& y, const Tensor& z, Tensor& dw, Tensor& rms, int64_t I, double eps) {
+  DCF_RANGE("dynw_finalize_forward");
   DCF_CHECK(y.ndim() == 4 && y.dim(2) == 2 * I, "dynw y ", y.desc());
   int64_t R = y.dim(0), C = y.dim(1), N = y.dim(3);
   DCF_CHECK(z.numel() == R * C * N && dw.numel() == R * C * (2 * I + 1) * N && rms.numel() == R * C * I, "dynw shapes");
@@ -203,6 +220,7 @@ void dynw_finalize_forward(const Tensor& y, const Tensor& z, Tensor& dw, Tensor&
 
 void dynw_finalize_backward(const Tensor& ddw, const Tensor& y, const Tensor& dw, const Tensor& rms, Tensor& dy,
                             Tensor& dz, int64_t I) {
+  DCF_RANGE("dynw_finalize_backward");
   int64_t R = y.dim(0), C = y.dim(1), N = y.dim(3);
   DCF_DISPATCH_CUDA(y, dynw_finalize_backward, ddw, y, dw, rms, dy, dz, I);
   DCF_FLOAT_SWITCH(y, "dynw_finalize_backward",
@@ -217,6 +235,7 @@ static void check_dcmha(const DcmhaShape& s, const Tensor& q, const Tensor& k, c
 }
 
 void dcmha_forward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw, Tensor& o) {
+  DCF_RANGE("dcmha_forward");
   check_dcmha(s, q, k, v, dw);
   DCF_DISPATCH_CUDA(q, dcmha_forward, s, q, k, v, dw, o);
   DCF_FLOAT_SWITCH(q, "dcmha_forward",
@@ -225,6 +244,7 @@ void dcmha_forward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const 
 
 void dcmha_backward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dw,
                     const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& ddw) {
+  DCF_RANGE("dcmha_backward");
   check_dcmha(s, q, k, v, dw);
   DCF_DISPATCH_CUDA(q, dcmha_backward, s, q, k, v, dw, dout, dq, dk, dv, ddw);
   DCF_FLOAT_SWITCH(q, "dcmha_backward",
@@ -234,18 +254,21 @@ void dcmha_backward(const DcmhaShape& s, const Tensor& q, const Tensor& k, const
 }
 
 void ce_row_max(const Tensor& logits, Tensor& mx) {
+  DCF_RANGE("ce_row_max");
   DCF_DISPATCH_CUDA(logits, ce_row_max, logits, mx);
   DCF_FLOAT_SWITCH(logits, "ce_row_max",
                    cpu::ce_row_max<T>(logits.data<T>(), logits.dim(0), logits.dim(1), mx.data<T>()));
 }
 
 void ce_row_sumexp(const Tensor& logits, const Tensor& mx, Tensor& sum) {
+  DCF_RANGE("ce_row_sumexp");
   DCF_DISPATCH_CUDA(logits, ce_row_sumexp, logits, mx, sum);
   DCF_FLOAT_SWITCH(logits, "ce_row_sumexp",
                    cpu::ce_row_sumexp<T>(logits.data<T>(), logits.dim(0), logits.dim(1), mx.data<T>(), sum.data<T>()));
 }
 
 void ce_target_logit(const Tensor& logits, const Tensor& targets, int64_t off, Tensor& tgt) {
+  DCF_RANGE("ce_target_logit");
   DCF_DISPATCH_CUDA(logits, ce_target_logit, logits, targets, off, tgt);
   DCF_FLOAT_SWITCH(logits, "ce_target_logit",
                    cpu::ce_target_logit<T>(logits.data<T>(), logits.dim(0), logits.dim(1), targets.data<int32_t>(),
@@ -254,6 +277,7 @@ void ce_target_logit(const Tensor& logits, const Tensor& targets, int64_t off, T
 
 void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, int64_t off, double scale,
                  Tensor& dlogits) {
+  DCF_RANGE("ce_backward");
   DCF_DISPATCH_CUDA(logits, ce_backward, logits, targets, lse, off, scale, dlogits);
   DCF_FLOAT_SWITCH(logits, "ce_backward",
                    cpu::ce_backward<T>(logits.data<T>(), logits.dim(0), logits.dim(1), targets.data<int32_t>(),
@@ -261,6 +285,7 @@ void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
 }
 
 void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWParams& hp) {
+  DCF_RANGE("adamw_update");
   DCF_CHECK(p.numel() == g.numel() && p.numel() == m.numel() && p.numel() == v.numel(), "adamw shapes");
   DCF_DISPATCH_CUDA(p, adamw_update, p, g, m, v, hp);
   DCF_FLOAT_SWITCH(p, "adamw_update",

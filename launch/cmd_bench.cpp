@@ -1,14 +1,18 @@
 // `dcformer bench`: builds the job of a config (synthetic tokens unless --real-data), runs warm-up
 // steps, then times steps (CUDA events on the GPU, the host clock on the CPU) and prints tokens/s,
 // model TFLOP/s, MFU against the device's peak, peak device memory and the step-time breakdown;
-// --json prints one machine-readable object instead.
+// --json prints one machine-readable object instead. --breakdown then runs as many steps again with
+// every named range timed (kernels/profile.h: ops, layer phases, optimizer) and prints rank 0's median
+// time per range; those steps are not part of the figures above, since timing each range costs host time.
 #include <mpi.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.h"
+#include "kernels/profile.h"
 #include "launch/mpi_env.h"
 #include "runtime/config.h"
 #include "runtime/trainer.h"
@@ -27,6 +31,7 @@ struct BenchOptions {
   std::vector<std::string> sets;
   int warmup = 3, steps = 10;
   bool json = false, real_data = false;
+  bool breakdown = false;  // then as many profiled steps again, with every named range timed
   double peak_tflops = 0;  // 0: by device (H200 bf16 dense 989, fp32 67; CPU: measured below)
 };
 
@@ -56,7 +61,8 @@ int run_bench(const BenchOptions& opt) {
   const bool gpu = cfg.run().device() == dcformer::RunConfig::CUDA;
   std::vector<double> times, fb, wait, dpc, optim;
   StepResult last;
-  for (int i = 0; i < opt.warmup + opt.steps; ++i) {
+  // One step, timed on the device (GPU) or the host clock (CPU); seconds.
+  auto timed_step = [&]() {
     double t = 0;
 #ifdef DCF_WITH_CUDA
     if (gpu) {
@@ -65,7 +71,10 @@ int run_bench(const BenchOptions& opt) {
       cudaEventCreate(&b);
       cuda::synchronize();
       cudaEventRecord(a, cuda::main_stream());
-      last = trainer.step();
+      {
+        DCF_RANGE("step");
+        last = trainer.step();
+      }
       cudaEventRecord(b, cuda::main_stream());
       cudaEventSynchronize(b);
       float ms = 0;
@@ -76,15 +85,49 @@ int run_bench(const BenchOptions& opt) {
     }
 #endif
     if (!gpu) {
+      DCF_RANGE("step");
       last = trainer.step();
       t = last.step_time_s;
     }
+    return t;
+  };
+  for (int i = 0; i < opt.warmup + opt.steps; ++i) {
+    const double t = timed_step();
     if (i < opt.warmup) continue;
     times.push_back(t);
     fb.push_back(last.forward_backward_s);
     wait.push_back(last.pipeline_wait_s);
     dpc.push_back(last.dp_comm_s);
     optim.push_back(last.optimizer_s);
+  }
+  // --breakdown: the profiled steps, after the timed ones. Per path: the median over steps of its time per
+  // step (inclusive and self) and its count per step.
+  struct PathTimes {
+    std::vector<double> total, self;
+    int64_t count = 0;
+  };
+  // Tree order: a range's nested paths right after it ('/' compared as lower than any character).
+  struct TreeLess {
+    bool operator()(const std::string& a, const std::string& b) const {
+      return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+        return (x == '/' ? 0 : int(static_cast<unsigned char>(x)) + 1) < (y == '/' ? 0 : int(static_cast<unsigned char>(y)) + 1);
+      });
+    }
+  };
+  std::map<std::string, PathTimes, TreeLess> prof_paths;
+  std::vector<double> prof_times;
+  if (opt.breakdown) {
+    prof::enable(gpu ? prof::Clock::device : prof::Clock::host);
+    for (int i = 0; i < opt.steps; ++i) {
+      prof_times.push_back(timed_step());
+      for (const prof::Entry& e : prof::collect()) {
+        PathTimes& p = prof_paths[e.path];
+        p.total.push_back(e.total_ms);
+        p.self.push_back(e.self_ms);
+        p.count = std::max(p.count, e.count);
+      }
+    }
+    prof::enable(prof::Clock::off);
   }
   const ModelSpec spec = model_spec_from_config(cfg);
   const double tokens = double(cfg.run().global_batch()) * double(spec.seq_len);
@@ -127,6 +170,20 @@ int run_bench(const BenchOptions& opt) {
                         {"dp_comm_s", median(dpc)},
                         {"optimizer_s", median(optim)},
                         {"loss_last", last.loss}};
+    // A path missing from some profiled steps counts 0 ms there (the median is over all of them).
+    auto med_all = [&](std::vector<double> v) {
+      v.resize(prof_times.size(), 0.0);
+      return median(v);
+    };
+    if (opt.breakdown) {
+      nlohmann::json rows = nlohmann::json::array();
+      for (const auto& [path, p] : prof_paths)
+        rows.push_back({{"path", path}, {"ms", med_all(p.total)}, {"self_ms", med_all(p.self)}, {"count", p.count}});
+      j["breakdown"] = {{"steps", prof_times.size()},
+                        {"clock", gpu ? "device" : "host"},
+                        {"step_time_s_median", median(prof_times)},
+                        {"ranges", rows}};
+    }
     if (opt.json) {
       std::printf("%s\n", j.dump().c_str());
     } else {
@@ -139,6 +196,17 @@ int run_bench(const BenchOptions& opt) {
       std::printf("  peak device memory   %10.2f GiB\n", double(peak_mem) / (1 << 30));
       std::printf("  breakdown (median s): forward+backward %.4f, pipeline wait %.4f, DP comm %.4f, optimizer %.4f\n",
                   median(fb), median(wait), median(dpc), median(optim));
+      if (opt.breakdown) {
+        std::printf("  breakdown: %zu profiled steps (%s clock), step %.4f s (median; ranges timed, so slower)\n",
+                    prof_times.size(), gpu ? "device" : "host", median(prof_times));
+        std::printf("    %-58s %10s %10s %7s\n", "range (rank 0; median ms per step)", "ms", "self ms", "count");
+        for (const auto& [path, p] : prof_paths) {
+          const size_t depth = size_t(std::count(path.begin(), path.end(), '/'));
+          const std::string name = std::string(2 * depth, ' ') + path.substr(path.rfind('/') + 1);
+          std::printf("    %-58s %10.3f %10.3f %7lld\n", name.c_str(), med_all(p.total), med_all(p.self),
+                      static_cast<long long>(p.count));
+        }
+      }
     }
     std::fflush(stdout);
   }
@@ -157,6 +225,8 @@ CommandRunner add_bench_command(CLI::App& app) {
   sub->add_option("--peak-tflops", opt->peak_tflops, "device peak for MFU (default: by device and precision)");
   sub->add_flag("--json", opt->json, "print one JSON object");
   sub->add_flag("--real-data", opt->real_data, "read the config's data instead of synthetic tokens");
+  sub->add_flag("--breakdown", opt->breakdown,
+                "then as many steps again with every named range timed; print the median per range");
   return [opt]() { return run_bench(*opt); };
 }
 

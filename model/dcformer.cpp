@@ -3,7 +3,10 @@
 
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <thread>
+
+#include "kernels/profile.h"
 
 namespace dcf {
 
@@ -162,6 +165,9 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   const int64_t R = B * T, HD = Nl * D, Fl = spec_.d_ff / shard_.tp_size, I = spec_.dyn_rank, K = spec_.dyn_hidden();
   const int64_t N = spec_.n_heads;
   s.x_in = x;
+  DCF_RANGE("layer");
+  prof::Phases ph;
+  ph.next("attn.qkv");
   // Attention sub-layer: h1 = RMSNorm(x)
   s.h1 = new_tensor({R, E});
   s.rstd1 = new_stat({R});
@@ -193,6 +199,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   scale_(s.q, 1.0 / std::sqrt(double(D)));
   // Dynamic weights from h1 (replicated on every TP rank): dw [R, C, 2I+1, N]
   if (spec_.compose) {
+    ph.next("attn.dynw");
     s.hpre = new_tensor({R, kC * K});
     matmul(s.h1, false, L.w1->value.view({E, kC * K}), false, s.hpre);
     s.hg = new_tensor({R, kC * K});
@@ -209,6 +216,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
     dynw_finalize_forward(s.y, s.z, s.dw, s.read_rms, I, 1e-6);
   }
   // Attention core
+  ph.next(spec_.window_of(L.index) > 0 ? "attn.core.local" : "attn.core.global");
   s.o = new_tensor({B, T, Nl, D});
   DcmhaShape cs = core_shape(L, B);
   if (tp_ && tp_->size() > 1) {
@@ -221,12 +229,14 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
     dcmha_forward(cs, s.q, s.k, s.v, s.dw, s.o);
   }
   // Output projection (row-parallel) + residual
+  ph.next("attn.out");
   s.x_mid = x.clone();
   Tensor attn_out = new_tensor({R, E});
   matmul(s.o.view({R, HD}), false, L.wo->value.view({HD, E}), false, attn_out);
   reduce_from_tp(attn_out);
   add_(s.x_mid, attn_out);
   // MLP sub-layer
+  ph.next("mlp");
   s.h2 = new_tensor({R, E});
   s.rstd2 = new_stat({R});
   rmsnorm_forward(s.x_mid, L.mlp_norm->value, s.h2, s.rstd2, spec_.norm_eps);
@@ -248,6 +258,9 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
   const int64_t T = spec_.seq_len, E = spec_.d_model, Nl = local_heads(), D = spec_.head_dim;
   const int64_t R = B * T, HD = Nl * D, Fl = spec_.d_ff / shard_.tp_size, I = spec_.dyn_rank, K = spec_.dyn_hidden();
   const int64_t N = spec_.n_heads;
+  DCF_RANGE("layer");
+  prof::Phases ph;
+  ph.next("mlp");
   // MLP: out = x_mid + W_down(swiglu(h2 Wg, h2 Wu))
   Tensor dact = new_tensor({R, Fl});
   matmul(dx, false, L.w_down->value, true, dact);
@@ -265,12 +278,14 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
   add_(dx, dxm);  // dx is now d x_mid
   s.gate = s.up = s.act = s.h2 = s.rstd2 = Tensor();
   // Attention output projection
+  ph.next("attn.out");
   Tensor d_o = new_tensor({B, T, Nl, D});
   Tensor d_o2 = d_o.view({R, HD});
   matmul(dx, false, L.wo->value.view({HD, E}), true, d_o2);
   Tensor dwo = L.wo->grad.view({HD, E});
   matmul(s.o.view({R, HD}), true, dx, false, dwo, 1.0, 1.0);
   // Core
+  ph.next(spec_.window_of(L.index) > 0 ? "attn.core.local" : "attn.core.global");
   Tensor dq = new_zeros({B, T, Nl, D}), dk = new_zeros({B, T, Nl, D}), dv = new_zeros({B, T, Nl, D});
   Tensor ddw;
   if (spec_.compose) ddw = new_zeros({B, T, kC, 2 * I + 1, N});
@@ -284,6 +299,7 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
     s.attn_stats = Tensor();
   }
   // Back through q scaling, RoPE, qk-norm
+  ph.next("attn.qkv");
   scale_(dq, 1.0 / std::sqrt(double(D)));
   rope_backward(dq, 0, spec_.rope_base, D);
   rope_backward(dk, 0, spec_.rope_base, D);
@@ -311,6 +327,7 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
   copy_to_tp_backward(dh1);
   // Dynamic-weight projection (replicated; ddw is complete here, so its dh1 part is added after the reduce)
   if (spec_.compose) {
+    ph.next("attn.dynw");
     Tensor dy = new_tensor({R, kC, 2 * I, N}), dz = new_tensor({R, kC, N});
     dynw_finalize_backward(ddw, s.y, s.dw, s.read_rms, dy, dz, I);
     Tensor dhg = new_tensor({R, kC * K});
@@ -329,6 +346,7 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
     matmul(s.h1, true, dhpre, false, gw1, 1.0, 1.0);
     matmul(s.h1, true, dz2, false, gwg, 1.0, 1.0);
   }
+  ph.next("attn.norm");
   Tensor dxa = new_tensor({R, E});
   rmsnorm_backward(dh1, s.x_in, L.attn_norm->value, s.rstd1, dxa, &L.attn_norm->grad);
   add_(dx, dxa);
@@ -339,13 +357,17 @@ void DcformerModel::layer_backward(const LayerRefs& L, LayerSaved& s, Tensor& dx
 
 void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
   const int64_t B = mb.batch, T = spec_.seq_len, E = spec_.d_model, R = B * T;
+  DCF_RANGE("forward");
   Tensor x;
+  std::optional<prof::Range> embed_range;
   if (shard_.has_embedding) {
+    embed_range.emplace("embed");
     DCF_CHECK(mb.ids.numel() == R, "micro-batch ids ", mb.ids.desc(), " for B=", B, " T=", T);
     if (!(mb.ids.device() == dev_)) mb.ids = mb.ids.to(dev_);
     x = new_tensor({R, E});
     embedding_forward(embed_->value, mb.ids, x, shard_.tp_rank * (spec_.vocab / shard_.tp_size));
     reduce_from_tp(x);  // vocab-parallel embedding: rows outside the shard are 0
+    embed_range.reset();
   } else {
     DCF_CHECK(x_in && x_in->numel() == R * E, "stage input");
     x = *x_in;
@@ -361,6 +383,7 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
     return;
   }
   // Final norm, vocab-parallel head and cross-entropy (full logits are never gathered).
+  DCF_RANGE("head");
   if (!(mb.targets.device() == dev_)) mb.targets = mb.targets.to(dev_);
   const int64_t Vl = spec_.vocab / shard_.tp_size, voff = shard_.tp_rank * Vl;
   mb.xf = x;
@@ -398,8 +421,10 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
 
 void DcformerModel::backward(MicroBatch& mb, const Tensor* dx_out, Tensor* dx_in, double loss_scale) {
   const int64_t B = mb.batch, T = spec_.seq_len, E = spec_.d_model, R = B * T;
+  DCF_RANGE("backward");
   Tensor dx;
   if (shard_.has_head) {
+    DCF_RANGE("head");
     const int64_t Vl = spec_.vocab / shard_.tp_size, voff = shard_.tp_rank * Vl;
     Tensor dlogits = new_tensor({R, Vl});
     ce_backward(mb.logits, mb.targets, mb.lse, voff, loss_scale, dlogits);
@@ -417,6 +442,7 @@ void DcformerModel::backward(MicroBatch& mb, const Tensor* dx_out, Tensor* dx_in
   for (size_t i = layers_.size(); i-- > 0;) layer_backward(layers_[i], mb.layers[i], dx, B);
   mb.layers.clear();
   if (shard_.has_embedding) {
+    DCF_RANGE("embed");
     embedding_backward(dx, mb.ids, embed_->grad, shard_.tp_rank * (spec_.vocab / shard_.tp_size));
   } else {
     DCF_CHECK(dx_in, "missing stage input gradient buffer");

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "checkpoint/checkpoint.h"
+#include "kernels/profile.h"
 #include "dataloader/loader.h"
 #include "parallel/pipeline.h"
 #include "parallel/tensor_parallel.h"
@@ -266,7 +267,10 @@ StepResult Trainer::step() {
   r.step = step_;
   r.lr = lr_.at(step_);
   auto t0 = Clock::now();
-  model_->zero_grads();
+  {
+    DCF_RANGE("zero_grads");
+    model_->zero_grads();
+  }
   const int64_t T = spec_.seq_len, E = spec_.d_model;
   const double loss_scale = 1.0 / double(int64_t(cfg_.run().global_batch()) * T);
   std::vector<MicroBatch> mbs(static_cast<size_t>(micro_batches_));
@@ -310,11 +314,17 @@ StepResult Trainer::step() {
   grid_.world().all_reduce(loss, ReduceOp::sum);
   r.loss = loss.data<double>()[0] * loss_scale;
   auto tc = Clock::now();
-  sync_gradients();
+  {
+    DCF_RANGE("grad_sync");
+    sync_gradients();
+  }
   wait_device();
   r.dp_comm_s = seconds_since(tc);
   auto to = Clock::now();
-  r.grad_norm = global_grad_norm();
+  {
+    DCF_RANGE("grad_norm");
+    r.grad_norm = global_grad_norm();
+  }
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;
     ++skipped_total_;
@@ -324,6 +334,7 @@ StepResult Trainer::step() {
   } else {
     skipped_in_a_row_ = 0;
     const double clip = cfg_.optimizer().grad_clip();
+    DCF_RANGE("optimizer");
     optimizer_step(r.lr, (clip > 0 && r.grad_norm > clip) ? clip / r.grad_norm : 1.0);
   }
   wait_device();

@@ -21,6 +21,7 @@
 #include "kernels/cuda_ops.h"      // defines: dcf::cuda::gemm_ex (mixed output), cast
 #include "kernels/cuda_runtime.h"  // defines: cuda_available, init, memory_stats, StreamGuard
 #include "kernels/ops.h"           // defines: the op set, dispatched by device
+#include "kernels/profile.h"       // defines: DCF_RANGE, prof::enable, prof::collect
 #include "tests/gpu/gpu_test_util.h"
 
 namespace dcf {
@@ -239,6 +240,42 @@ TEST_P(GpuOps, GemmExStridedSubmatrices) {
     gemm_ex(false, false, M, N, K, 1.5, on_gpu(a, dt), aoff, lda, on_gpu(b, dt), boff, ldb, 0.5, c, coff, ldc);
     expect_close(c, ref, dt == DType::bf16 ? 1e-2 : dt == DType::f32 ? 2e-5 : 1e-12, "gemm_ex");
   }
+}
+
+// Ranges on the device clock (kernels/profile.h): a range around GPU-bound work times what a CUDA event pair
+// recorded around the same work on the same stream times, and the ranges nested in it add up to most of it.
+TEST_F(GpuTest, ProfileRangesMatchAnEventPairAroundTheSameWork) {
+  const int64_t n = 4096;
+  Tensor a = Tensor::zeros({n, n}, DType::bf16, gpu()), b = Tensor::zeros({n, n}, DType::bf16, gpu());
+  Tensor c = Tensor::empty({n, n}, DType::bf16, gpu());
+  matmul(a, false, b, false, c);  // warm-up: library load and plan outside the measurement
+  cudaEvent_t e0, e1;
+  DCF_CUDA_CHECK(cudaEventCreate(&e0));
+  DCF_CUDA_CHECK(cudaEventCreate(&e1));
+  prof::enable(prof::Clock::device);
+  cuda::synchronize();
+  DCF_CUDA_CHECK(cudaEventRecord(e0, cuda::current_stream()));
+  {
+    DCF_RANGE("outer");
+    for (int i = 0; i < 8; ++i) matmul(a, false, b, false, c);
+  }
+  DCF_CUDA_CHECK(cudaEventRecord(e1, cuda::current_stream()));
+  DCF_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ev_ms = 0;
+  DCF_CUDA_CHECK(cudaEventElapsedTime(&ev_ms, e0, e1));
+  const auto entries = prof::collect();
+  prof::enable(prof::Clock::off);
+  DCF_CUDA_CHECK(cudaEventDestroy(e0));
+  DCF_CUDA_CHECK(cudaEventDestroy(e1));
+  ASSERT_EQ(entries.size(), 2u);
+  const prof::Entry &outer = entries[0], &gemm = entries[1];
+  ASSERT_EQ(outer.path, "outer");
+  ASSERT_EQ(gemm.path, "outer/gemm");
+  EXPECT_EQ(gemm.count, 8);
+  EXPECT_NEAR(outer.total_ms, ev_ms, 0.05 * ev_ms + 0.02) << "event pair " << ev_ms << " ms";
+  EXPECT_LE(gemm.total_ms, outer.total_ms + 1e-3);
+  EXPECT_GT(gemm.total_ms, 0.8 * outer.total_ms);  // eight back-to-back GEMMs: the stream never idles
+  EXPECT_NEAR(outer.self_ms, outer.total_ms - gemm.total_ms, 1e-9);
 }
 
 TEST_F(GpuTest, GemmBf16InFp32Out) {

@@ -1,0 +1,170 @@
+// Time ranges (profile.h): records of (path, start, end) per window, on the host clock or CUDA events.
+#include "kernels/profile.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "kernels/error.h"
+#ifdef DCF_WITH_CUDA
+#include "kernels/cuda_runtime.h"
+#endif
+
+namespace dcf::prof {
+
+namespace detail {
+Clock g_mode = Clock::off;
+}  // namespace detail
+
+namespace {
+
+struct Rec {
+  int path = -1;
+  bool closed = false;
+  double t0 = 0, t1 = 0;  // host clock, ms
+#ifdef DCF_WITH_CUDA
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+#endif
+};
+
+struct State {
+  std::mutex mu;
+  std::vector<std::string> paths;  // interned
+  std::unordered_map<std::string, int> ids;
+  std::vector<Rec> recs;
+  int64_t open = 0;
+#ifdef DCF_WITH_CUDA
+  std::vector<cudaEvent_t> pool;  // events free for reuse
+#endif
+};
+State& st() {
+  static State* s = new State();  // never destroyed: ranges may close during static destruction
+  return *s;
+}
+
+struct Open {
+  int path;
+  size_t rec;
+};
+thread_local std::vector<Open> tls_stack;
+
+double host_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+#ifdef DCF_WITH_CUDA
+cudaEvent_t take_event(State& s) {
+  if (!s.pool.empty()) {
+    cudaEvent_t e = s.pool.back();
+    s.pool.pop_back();
+    return e;
+  }
+  cudaEvent_t e;
+  DCF_CUDA_CHECK(cudaEventCreate(&e));
+  return e;
+}
+#endif
+
+}  // namespace
+
+void enable(Clock c) {
+  State& s = st();
+  std::lock_guard<std::mutex> lk(s.mu);
+  if (s.open != 0 || !s.recs.empty())
+    throw DcfError("profile: enable() with ranges open or uncollected (call collect() first)");
+#ifndef DCF_WITH_CUDA
+  if (c == Clock::device) throw DcfError("profile: device clock asked for, but this build has no CUDA backend");
+#endif
+  detail::g_mode = c;
+}
+
+Clock mode() { return detail::g_mode; }
+
+void detail::begin(const char* name) {
+  State& s = st();
+  const Clock m = g_mode;
+  std::lock_guard<std::mutex> lk(s.mu);
+  std::string path = tls_stack.empty() ? std::string(name) : s.paths[size_t(tls_stack.back().path)] + "/" + name;
+  auto it = s.ids.find(path);
+  int id;
+  if (it == s.ids.end()) {
+    id = int(s.paths.size());
+    s.ids.emplace(path, id);
+    s.paths.push_back(std::move(path));
+  } else {
+    id = it->second;
+  }
+  Rec r;
+  r.path = id;
+#ifdef DCF_WITH_CUDA
+  if (m == Clock::device) {
+    r.e0 = take_event(s);
+    r.e1 = take_event(s);
+    DCF_CUDA_CHECK(cudaEventRecord(r.e0, cuda::current_stream()));
+  }
+#endif
+  if (m == Clock::host) r.t0 = host_ms();
+  s.recs.push_back(r);
+  ++s.open;
+  tls_stack.push_back({id, s.recs.size() - 1});
+}
+
+void detail::end() {
+  State& s = st();
+  std::lock_guard<std::mutex> lk(s.mu);
+  if (tls_stack.empty()) return;  // opened before a collect() that threw; nothing to close
+  const Open o = tls_stack.back();
+  tls_stack.pop_back();
+  Rec& r = s.recs[o.rec];
+#ifdef DCF_WITH_CUDA
+  if (r.e1) DCF_CUDA_CHECK(cudaEventRecord(r.e1, cuda::current_stream()));
+#endif
+  if (g_mode == Clock::host) r.t1 = host_ms();
+  r.closed = true;
+  --s.open;
+}
+
+std::vector<Entry> collect() {
+  State& s = st();
+  std::lock_guard<std::mutex> lk(s.mu);
+  if (s.open != 0) throw DcfError("profile: collect() with " + std::to_string(s.open) + " range(s) still open");
+  std::map<int, Entry> by;
+  for (Rec& r : s.recs) {
+    double ms = r.t1 - r.t0;
+#ifdef DCF_WITH_CUDA
+    if (r.e0) {
+      float f = 0;
+      DCF_CUDA_CHECK(cudaEventSynchronize(r.e1));
+      DCF_CUDA_CHECK(cudaEventElapsedTime(&f, r.e0, r.e1));
+      ms = f;
+      s.pool.push_back(r.e0);
+      s.pool.push_back(r.e1);
+    }
+#endif
+    Entry& e = by[r.path];
+    e.total_ms += ms;
+    ++e.count;
+  }
+  s.recs.clear();
+  std::vector<Entry> out;
+  std::unordered_map<std::string, size_t> at;
+  for (auto& [id, e] : by) {
+    e.path = s.paths[size_t(id)];
+    e.self_ms = e.total_ms;
+    out.push_back(e);
+  }
+  std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.path < b.path; });
+  for (size_t i = 0; i < out.size(); ++i) at[out[i].path] = i;
+  for (const Entry& e : out) {
+    const size_t cut = e.path.rfind('/');
+    if (cut == std::string::npos) continue;
+    auto p = at.find(e.path.substr(0, cut));
+    if (p != at.end()) out[p->second].self_ms -= e.total_ms;
+  }
+  return out;
+}
+
+}  // namespace dcf::prof

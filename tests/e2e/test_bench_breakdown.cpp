@@ -1,0 +1,80 @@
+// `dcformer bench --breakdown` on the tiny CPU config: the ranges' counts follow from the model's structure
+// (layers, micro-batches, GEMMs per sub-layer), the times nest (a range holds at least its nested ones) and
+// the step's range holds the step time the trainer measures on its own clock.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "tests/e2e/run_util.h"
+
+using dcf::test::run_command;
+
+namespace {
+
+struct Row {
+  double ms = 0, self_ms = 0;
+  int64_t count = 0;
+};
+
+TEST(BenchBreakdown, CountsFollowTheModelAndTimesNest) {
+  const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
+  // 3 layers (window pattern [16, 0]: layers 0 and 2 local, 1 global), 2 micro-batches.
+  const std::string cmd = std::string(DCF_BINARY) + " bench --config " + cfg +
+                          " --set model.n_layers=3 --set parallel.micro_batches=2 --steps 3 --warmup 1"
+                          " --breakdown --json";
+  auto r = run_command(cmd);
+  ASSERT_EQ(r.status, 0) << cmd << "\n" << r.output;
+  // The JSON object is the last line that starts with '{'.
+  const size_t at = r.output.rfind("\n{");
+  const std::string line = at == std::string::npos ? r.output : r.output.substr(at + 1);
+  ASSERT_EQ(line.rfind('{', 0), 0u) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(line);
+  ASSERT_TRUE(j.contains("breakdown")) << j.dump();
+  const auto& b = j["breakdown"];
+  EXPECT_EQ(b["steps"].get<int>(), 3);
+  EXPECT_EQ(b["clock"].get<std::string>(), "host");
+  std::map<std::string, Row> m;
+  for (const auto& row : b["ranges"])
+    m[row["path"].get<std::string>()] = {row["ms"].get<double>(), row["self_ms"].get<double>(),
+                                         row["count"].get<int64_t>()};
+  auto count = [&](const std::string& p) { return m.count(p) ? m[p].count : -1; };
+  EXPECT_EQ(count("step"), 1);
+  EXPECT_EQ(count("step/forward"), 2);
+  EXPECT_EQ(count("step/backward"), 2);
+  EXPECT_EQ(count("step/forward/layer"), 6);
+  EXPECT_EQ(count("step/backward/layer"), 6);
+  EXPECT_EQ(count("step/forward/layer/attn.core.local/dcmha_forward"), 4);
+  EXPECT_EQ(count("step/forward/layer/attn.core.global/dcmha_forward"), 2);
+  EXPECT_EQ(count("step/backward/layer/attn.core.global/dcmha_backward"), 2);
+  EXPECT_EQ(count("step/forward/layer/mlp/gemm"), 18);    // gate, up, down
+  EXPECT_EQ(count("step/backward/layer/mlp/gemm"), 36);   // per weight: input gradient and weight gradient
+  EXPECT_EQ(count("step/forward/layer/attn.qkv/gemm"), 18);  // q, k, v
+  EXPECT_EQ(count("step/forward/head/gemm"), 2);
+  EXPECT_EQ(count("step/optimizer/adamw_update"), 1);
+  for (const auto& [path, row] : m) {
+    EXPECT_GE(row.ms, 0.0) << path;
+    EXPECT_GE(row.self_ms, -1e-3) << path << ": nested ranges exceed it";
+    EXPECT_LE(row.self_ms, row.ms + 1e-9) << path;
+    const auto cut = path.rfind('/');
+    if (cut != std::string::npos) {
+      EXPECT_TRUE(m.count(path.substr(0, cut))) << path << " has no parent";
+    }
+  }
+  // The step range encloses the trainer's own step timing, with little more.
+  const double step_ms = 1e3 * b["step_time_s_median"].get<double>();
+  EXPECT_GE(m["step"].ms, step_ms);
+  EXPECT_LE(m["step"].ms, 1.25 * step_ms + 5.0);
+  // Forward and backward hold most of a step of this model.
+  EXPECT_GT(m["step/forward"].ms + m["step/backward"].ms, 0.5 * m["step"].ms);
+}
+
+TEST(BenchBreakdown, TextTableListsTheRanges) {
+  const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
+  auto r = run_command(std::string(DCF_BINARY) + " bench --config " + cfg + " --steps 1 --warmup 0 --breakdown");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("breakdown: 1 profiled steps (host clock)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("attn.core.global"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("adamw_update"), std::string::npos) << r.output;
+}
+
+}  // namespace

@@ -3,6 +3,8 @@
 
 #include <cstring>
 
+#include "kernels/profile.h"
+
 namespace dcf {
 
 void mpi_check(int rc, const char* what, const char* file, int line) {
@@ -62,6 +64,7 @@ MpiCommunicator::~MpiCommunicator() {
 }
 
 void MpiCommunicator::all_reduce(Tensor& t, ReduceOp op) {
+  DCF_RANGE("comm.all_reduce");
   if (size_ == 1 || t.numel() == 0) return;
   DCF_CHECK(t.dtype() != DType::bf16, "all_reduce of bf16 over MPI: reduce in fp32");
   HostStage h(t);
@@ -72,6 +75,7 @@ void MpiCommunicator::all_reduce(Tensor& t, ReduceOp op) {
 }
 
 void MpiCommunicator::all_gather(const Tensor& send, Tensor& recv) {
+  DCF_RANGE("comm.all_gather");
   DCF_CHECK(recv.numel() == send.numel() * size_ && recv.dtype() == send.dtype(), "all_gather sizes ", send.desc(),
             " -> ", recv.desc());
   Tensor s = host_copy(send);
@@ -83,6 +87,7 @@ void MpiCommunicator::all_gather(const Tensor& send, Tensor& recv) {
 }
 
 void MpiCommunicator::reduce_scatter(const Tensor& send, Tensor& recv) {
+  DCF_RANGE("comm.reduce_scatter");
   DCF_CHECK(send.numel() == recv.numel() * size_ && recv.dtype() == send.dtype(), "reduce_scatter sizes");
   Tensor s = host_copy(send);
   HostStage r(recv, false);
@@ -92,6 +97,7 @@ void MpiCommunicator::reduce_scatter(const Tensor& send, Tensor& recv) {
 }
 
 void MpiCommunicator::all_to_all(const Tensor& send, Tensor& recv) {
+  DCF_RANGE("comm.all_to_all");
   DCF_CHECK(send.numel() == recv.numel() && send.numel() % size_ == 0 && recv.dtype() == send.dtype(),
             "all_to_all sizes ", send.desc(), " -> ", recv.desc());
   int chunk = int(send.numel() / size_);
@@ -103,6 +109,7 @@ void MpiCommunicator::all_to_all(const Tensor& send, Tensor& recv) {
 }
 
 void MpiCommunicator::broadcast(Tensor& t, int root) {
+  DCF_RANGE("comm.broadcast");
   if (size_ == 1) return;
   HostStage h(t, rank_ == root);
   DCF_MPI(MPI_Bcast(h.host.raw(), int(t.numel()), mpi_type(t.dtype()), root, comm_));
@@ -111,18 +118,21 @@ void MpiCommunicator::broadcast(Tensor& t, int root) {
 }
 
 void MpiCommunicator::send(const Tensor& t, int dst, int tag) {
+  DCF_RANGE("comm.send");
   Tensor s = host_copy(t);
   DCF_MPI(MPI_Send(s.raw(), int(t.numel()), mpi_type(t.dtype()), dst, tag, comm_));
   bytes_sent_ += t.nbytes();
 }
 
 void MpiCommunicator::recv(Tensor& t, int src, int tag) {
+  DCF_RANGE("comm.recv");
   HostStage h(t, false);
   DCF_MPI(MPI_Recv(h.host.raw(), int(t.numel()), mpi_type(t.dtype()), src, tag, comm_, MPI_STATUS_IGNORE));
   h.finish();
 }
 
 void MpiCommunicator::send_async(const Tensor& t, int dst, int tag) {
+  DCF_RANGE("comm.send_async");
   Tensor s = t.device().is_cpu() ? t : t.to(Device::cpu());
   MPI_Request req;
   DCF_MPI(MPI_Isend(s.raw(), int(t.numel()), mpi_type(t.dtype()), dst, tag, comm_, &req));
@@ -131,10 +141,14 @@ void MpiCommunicator::send_async(const Tensor& t, int dst, int tag) {
 }
 
 void MpiCommunicator::wait_sends() {
+  DCF_RANGE("comm.wait_sends");
   for (auto& [req, t] : pending_) DCF_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE));
   pending_.clear();
 }
 
-void MpiCommunicator::barrier() { DCF_MPI(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  DCF_RANGE("comm.barrier");
+  DCF_MPI(MPI_Barrier(comm_));
+}
 
 }  // namespace dcf

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda_runtime.h"
+#include "kernels/profile.h"
 
 namespace dcf {
 
@@ -98,23 +99,27 @@ class NcclCommunicator : public Communicator {
 
   void all_reduce(Tensor& t, ReduceOp op) override {
     if (!t.device().is_cuda()) return mpi_.all_reduce(t, op);
+    DCF_RANGE("comm.all_reduce");
     DCF_NCCL(nccl().all_reduce(t.raw(), t.raw(), nccl_count(t), nccl_type(t.dtype()), op == ReduceOp::sum ? ncclSum : ncclMax,
                                comm_, stream()));
     bytes_sent_ += 2 * t.nbytes() * uint64_t(size() - 1) / uint64_t(size());  // ring all-reduce
   }
   void all_gather(const Tensor& send, Tensor& recv) override {
     if (!send.device().is_cuda()) return mpi_.all_gather(send, recv);
+    DCF_RANGE("comm.all_gather");
     DCF_NCCL(nccl().all_gather(send.raw(), recv.raw(), nccl_count(send), nccl_type(send.dtype()), comm_, stream()));
     bytes_sent_ += send.nbytes() * uint64_t(size() - 1);
   }
   void reduce_scatter(const Tensor& send, Tensor& recv) override {
     if (!send.device().is_cuda()) return mpi_.reduce_scatter(send, recv);
+    DCF_RANGE("comm.reduce_scatter");
     DCF_NCCL(nccl().reduce_scatter(send.raw(), recv.raw(), nccl_count(recv), nccl_type(send.dtype()), ncclSum, comm_,
                                    stream()));
     bytes_sent_ += recv.nbytes() * uint64_t(size() - 1);
   }
   void all_to_all(const Tensor& send, Tensor& recv) override {
     if (!send.device().is_cuda()) return mpi_.all_to_all(send, recv);
+    DCF_RANGE("comm.all_to_all");
     const size_t chunk = nccl_count(send) / size_t(size());
     const size_t es = send.dtype() == DType::u16 ? 1 : dtype_size(send.dtype());
     DCF_NCCL(nccl().group_start());
@@ -129,32 +134,39 @@ class NcclCommunicator : public Communicator {
   }
   void broadcast(Tensor& t, int root) override {
     if (!t.device().is_cuda()) return mpi_.broadcast(t, root);
+    DCF_RANGE("comm.broadcast");
     DCF_NCCL(nccl().broadcast(t.raw(), t.raw(), nccl_count(t), nccl_type(t.dtype()), root, comm_, stream()));
     if (rank() == root) bytes_sent_ += t.nbytes();
   }
   void send(const Tensor& t, int dst, int tag) override {
     if (!t.device().is_cuda()) return mpi_.send(t, dst, tag);
+    DCF_RANGE("comm.send");
     DCF_NCCL(nccl().send(t.raw(), nccl_count(t), nccl_type(t.dtype()), dst, comm_, stream()));
     bytes_sent_ += t.nbytes();
     cuda::synchronize();
   }
   void recv(Tensor& t, int src, int tag) override {
     if (!t.device().is_cuda()) return mpi_.recv(t, src, tag);
+    DCF_RANGE("comm.recv");
     DCF_NCCL(nccl().recv(t.raw(), nccl_count(t), nccl_type(t.dtype()), src, comm_, stream()));
   }
   // NCCL sends are asynchronous on the stream; the tensors are kept until wait_sends().
   void send_async(const Tensor& t, int dst, int tag) override {
     if (!t.device().is_cuda()) return mpi_.send_async(t, dst, tag);
+    DCF_RANGE("comm.send_async");
     DCF_NCCL(nccl().send(t.raw(), nccl_count(t), nccl_type(t.dtype()), dst, comm_, stream()));
     bytes_sent_ += t.nbytes();
     pending_.push_back(t);
   }
   void wait_sends() override {
     mpi_.wait_sends();
-    if (!pending_.empty()) cuda::synchronize();
+    if (!pending_.empty()) {
+      DCF_RANGE("comm.wait_sends");
+      cuda::synchronize();
+    }
     pending_.clear();
   }
-  void barrier() override { mpi_.barrier(); }
+  void barrier() override { mpi_.barrier(); }  // the MPI group's range
 
  private:
   cudaStream_t stream() const { return cuda::current_stream(); }

@@ -68,6 +68,26 @@ TEST(BenchBreakdown, CountsFollowTheModelAndTimesNest) {
   EXPECT_GT(m["step/forward"].ms + m["step/backward"].ms, 0.5 * m["step"].ms);
 }
 
+// Two tensor-parallel ranks: each layer's output projections all-reduce once per sub-layer, so the
+// communicator's ranges appear under attn.out and mlp once per layer.
+TEST(BenchBreakdown, TensorParallelCollectivesAreRanges) {
+  const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
+  const std::string cmd = dcf::test::mpirun() + " -np 2 " + DCF_BINARY + " bench --config " + cfg +
+                          " --set parallel.tp=2 --steps 2 --warmup 1 --breakdown --json";
+  auto r = run_command(cmd);
+  ASSERT_EQ(r.status, 0) << cmd << "\n" << r.output;
+  const size_t at = r.output.rfind("\n{");
+  const std::string line = at == std::string::npos ? r.output : r.output.substr(at + 1);
+  ASSERT_EQ(line.rfind('{', 0), 0u) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(line);
+  EXPECT_EQ(j["tp"].get<int>(), 2);
+  std::map<std::string, int64_t> count;
+  for (const auto& row : j["breakdown"]["ranges"]) count[row["path"].get<std::string>()] = row["count"].get<int64_t>();
+  EXPECT_EQ(count["step/forward/layer"], 4);
+  EXPECT_EQ(count["step/forward/layer/attn.out/comm.all_reduce"], 4);
+  EXPECT_EQ(count["step/forward/layer/mlp/comm.all_reduce"], 4);
+}
+
 TEST(BenchBreakdown, TextTableListsTheRanges) {
   const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
   auto r = run_command(std::string(DCF_BINARY) + " bench --config " + cfg + " --steps 1 --warmup 0 --breakdown");

@@ -11,8 +11,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "launch/commands.h"
 #include "kernels/profile.h"
+#include "launch/commands.h"
 #include "launch/mpi_env.h"
 #include "runtime/config.h"
 #include "runtime/trainer.h"

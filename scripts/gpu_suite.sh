@@ -2,7 +2,8 @@
 # On a GPU machine: build, run the GPU test label, and benchmark the 405M configs side by side.
 #   NCCL_ROOT=... CUDNN_ROOT=... bash scripts/gpu_suite.sh [OUT_DIR]
 # Environment: BENCH_CONFIGS (default: the two 405M configs), BENCH_STEPS (10), SKIP_TESTS=1,
-# EXTRA_CMAKE (more CMake flags), BUILD_DIR (default /tmp/dcf-gpu-build).
+# EXTRA_CMAKE (more CMake flags), BUILD_DIR (default /tmp/dcf-gpu-build), BREAKDOWN=1 (bench --breakdown,
+# then the configs' ranges side by side: scripts/breakdown_compare.py).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$root/gpu-out}"
@@ -22,10 +23,22 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   grep -E "tests passed|tests failed|Total Test" "$out/ctest-gpu.log"
   grep -E "bf16 GPU vs|Failed|Failure" "$out/ctest-gpu.log" | head -20
 fi
+bd_files=()
 for cfg in ${BENCH_CONFIGS:-configs/dcformer_405m.textproto configs/transformerpp_405m.textproto}; do
-  "$b/dcformer" bench --config "$root/$cfg" --steps "${BENCH_STEPS:-10}" --warmup 3 ${BENCH_SETS:-} --json \
-    | tee -a "$out/bench.jsonl"
+  if [ -n "${BREAKDOWN:-}" ]; then
+    f="$out/breakdown_$(basename "$cfg" .textproto).json"
+    "$b/dcformer" bench --config "$root/$cfg" --steps "${BENCH_STEPS:-10}" --warmup 3 ${BENCH_SETS:-} --json --breakdown \
+      | tee "$f" | python3 -c 'import json,sys; [print(json.dumps({k: v for k, v in json.loads(l).items() if k != "breakdown"})) for l in sys.stdin if l.startswith("{")]' \
+      | tee -a "$out/bench.jsonl"
+    bd_files+=("$f")
+  else
+    "$b/dcformer" bench --config "$root/$cfg" --steps "${BENCH_STEPS:-10}" --warmup 3 ${BENCH_SETS:-} --json \
+      | tee -a "$out/bench.jsonl"
+  fi
 done
+if [ ${#bd_files[@]} -gt 0 ]; then
+  python3 "$root/scripts/breakdown_compare.py" "${bd_files[@]}" --depth 4 | tee "$out/breakdown.txt"
+fi
 echo "== summary"
 python3 - "$out/bench.jsonl" <<'PY' 2>/dev/null || cat "$out/bench.jsonl"
 import json, sys

@@ -16,19 +16,27 @@ struct Row {
   int64_t count = 0;
 };
 
-TEST(BenchBreakdown, CountsFollowTheModelAndTimesNest) {
-  const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
-  // 3 layers (window pattern [16, 0]: layers 0 and 2 local, 1 global), 2 micro-batches.
-  const std::string cmd = std::string(DCF_BINARY) + " bench --config " + cfg +
-                          " --set model.n_layers=3 --set parallel.micro_batches=2 --steps 3 --warmup 1"
-                          " --breakdown --json";
+const std::string kTiny = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
+
+// Runs cmd; the JSON object it prints last (the last line that starts with '{'), or a null value with a
+// test failure when it fails or prints none.
+nlohmann::json bench_json(const std::string& cmd) {
   auto r = run_command(cmd);
-  ASSERT_EQ(r.status, 0) << cmd << "\n" << r.output;
-  // The JSON object is the last line that starts with '{'.
+  EXPECT_EQ(r.status, 0) << cmd << "\n" << r.output;
   const size_t at = r.output.rfind("\n{");
   const std::string line = at == std::string::npos ? r.output : r.output.substr(at + 1);
-  ASSERT_EQ(line.rfind('{', 0), 0u) << r.output;
-  const nlohmann::json j = nlohmann::json::parse(line);
+  if (r.status != 0 || line.rfind('{', 0) != 0) {
+    ADD_FAILURE() << "no JSON line in:\n" << r.output;
+    return nlohmann::json();
+  }
+  return nlohmann::json::parse(line);
+}
+
+TEST(BenchBreakdown, CountsFollowTheModelAndTimesNest) {
+  // 3 layers (window pattern [16, 0]: layers 0 and 2 local, 1 global), 2 micro-batches.
+  const nlohmann::json j = bench_json(std::string(DCF_BINARY) + " bench --config " + kTiny +
+                                      " --set model.n_layers=3 --set parallel.micro_batches=2 --steps 3 --warmup 1"
+                                      " --breakdown --json");
   ASSERT_TRUE(j.contains("breakdown")) << j.dump();
   const auto& b = j["breakdown"];
   EXPECT_EQ(b["steps"].get<int>(), 3);
@@ -71,15 +79,9 @@ TEST(BenchBreakdown, CountsFollowTheModelAndTimesNest) {
 // Two tensor-parallel ranks: each layer's output projections all-reduce once per sub-layer, so the
 // communicator's ranges appear under attn.out and mlp once per layer.
 TEST(BenchBreakdown, TensorParallelCollectivesAreRanges) {
-  const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
-  const std::string cmd = dcf::test::mpirun() + " -np 2 " + DCF_BINARY + " bench --config " + cfg +
-                          " --set parallel.tp=2 --steps 2 --warmup 1 --breakdown --json";
-  auto r = run_command(cmd);
-  ASSERT_EQ(r.status, 0) << cmd << "\n" << r.output;
-  const size_t at = r.output.rfind("\n{");
-  const std::string line = at == std::string::npos ? r.output : r.output.substr(at + 1);
-  ASSERT_EQ(line.rfind('{', 0), 0u) << r.output;
-  const nlohmann::json j = nlohmann::json::parse(line);
+  const nlohmann::json j = bench_json(dcf::test::mpirun() + " -np 2 " + DCF_BINARY + " bench --config " + kTiny +
+                                      " --set parallel.tp=2 --steps 2 --warmup 1 --breakdown --json");
+  ASSERT_TRUE(j.contains("breakdown")) << j.dump();
   EXPECT_EQ(j["tp"].get<int>(), 2);
   std::map<std::string, int64_t> count;
   for (const auto& row : j["breakdown"]["ranges"]) count[row["path"].get<std::string>()] = row["count"].get<int64_t>();
@@ -89,8 +91,7 @@ TEST(BenchBreakdown, TensorParallelCollectivesAreRanges) {
 }
 
 TEST(BenchBreakdown, TextTableListsTheRanges) {
-  const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
-  auto r = run_command(std::string(DCF_BINARY) + " bench --config " + cfg + " --steps 1 --warmup 0 --breakdown");
+  auto r = run_command(std::string(DCF_BINARY) + " bench --config " + kTiny + " --steps 1 --warmup 0 --breakdown");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("breakdown: 1 profiled steps (host clock)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("attn.core.global"), std::string::npos) << r.output;

@@ -15,7 +15,7 @@
 namespace dcf::prof {
 
 namespace detail {
-Clock g_mode = Clock::off;
+std::atomic<Clock> g_mode{Clock::off};
 }  // namespace detail
 
 namespace {
@@ -78,14 +78,14 @@ void enable(Clock c) {
 #ifndef DCF_WITH_CUDA
   if (c == Clock::device) throw DcfError("profile: device clock asked for, but this build has no CUDA backend");
 #endif
-  detail::g_mode = c;
+  detail::g_mode.store(c);
 }
 
-Clock mode() { return detail::g_mode; }
+Clock mode() { return detail::g_mode.load(); }
 
 void detail::begin(const char* name) {
   State& s = st();
-  const Clock m = g_mode;
+  const Clock m = g_mode.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> lk(s.mu);
   std::string path = tls_stack.empty() ? std::string(name) : s.paths[size_t(tls_stack.back().path)] + "/" + name;
   auto it = s.ids.find(path);
@@ -122,7 +122,7 @@ void detail::end() {
 #ifdef DCF_WITH_CUDA
   if (r.e1) DCF_CUDA_CHECK(cudaEventRecord(r.e1, cuda::current_stream()));
 #endif
-  if (g_mode == Clock::host) r.t1 = host_ms();
+  if (g_mode.load(std::memory_order_relaxed) == Clock::host) r.t1 = host_ms();
   r.closed = true;
   --s.open;
 }

@@ -1,7 +1,7 @@
 // Named, nested time ranges: where a training step's time goes (`dcformer bench --breakdown`).
 //
 // A Range names a piece of work (an op, a layer's attention core, the optimizer); ranges nest, and each
-// is recorded under its path of names ("backward/layer/attn.core/dcmha_backward"). Off by default, when a
+// is recorded under its path of names ("step/backward/layer/attn.core.global/dcmha_backward"). Off by default, when a
 // Range costs one load and a branch. On, every range is timed on the clock the work runs on:
 //  - Clock::host: the host's steady clock at entry and exit (CPU ops are synchronous);
 //  - Clock::device (CUDA builds): a CUDA event recorded on the current stream at entry and at exit, so a
@@ -12,6 +12,7 @@
 // a new window. Ranges may be opened on several threads (each keeps its own nesting); a range must close
 // on the thread that opened it, in the window it opened in.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -36,14 +37,14 @@ struct Entry {
 std::vector<Entry> collect();
 
 namespace detail {
-extern Clock g_mode;
+extern std::atomic<Clock> g_mode;
 void begin(const char* name);
 void end();
 }  // namespace detail
 
 class Range {
  public:
-  explicit Range(const char* name) : on_(detail::g_mode != Clock::off) {
+  explicit Range(const char* name) : on_(detail::g_mode.load(std::memory_order_relaxed) != Clock::off) {
     if (on_) detail::begin(name);
   }
   ~Range() {

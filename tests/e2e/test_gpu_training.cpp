@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 
 #include "tests/e2e/run_util.h"
 
@@ -107,4 +108,29 @@ TEST_F(GpuTraining, HostStagedLayoutsOnOneGpuMatch) {
       EXPECT_LE(std::abs(a - b) / std::abs(a), 1e-5) << name << " step " << i + 1 << ": " << a << " vs " << b;
     }
   }
+}
+
+// bench --breakdown on the GPU (device clock): the step's range is timed by events recorded inside the
+// bench's own event pair around the step, so it holds at most that step time and nearly all of it; the
+// ranges' counts follow the model (4 layers, window pattern [16, 0], 2 micro-batches).
+TEST_F(GpuTraining, BreakdownOnTheDeviceClock) {
+  const std::string cmd = std::string(DCF_BINARY) + " bench --config " + DCF_SOURCE_DIR +
+                          "/configs/tiny_cpu.textproto --set run.device=CUDA --set parallel.micro_batches=2"
+                          " --steps 3 --warmup 2 --breakdown --json";
+  auto r = dcf::test::run_command(cmd);
+  ASSERT_EQ(r.status, 0) << cmd << "\n" << r.output;
+  const size_t at = r.output.rfind("\n{");
+  const nlohmann::json j = nlohmann::json::parse(at == std::string::npos ? r.output : r.output.substr(at + 1));
+  const auto& b = j.at("breakdown");
+  EXPECT_EQ(b.at("clock").get<std::string>(), "device");
+  std::map<std::string, nlohmann::json> m;
+  for (const auto& row : b.at("ranges")) m[row.at("path").get<std::string>()] = row;
+  ASSERT_TRUE(m.count("step")) << b.dump();
+  EXPECT_EQ(m["step/forward/layer"].at("count").get<int64_t>(), 8);
+  EXPECT_EQ(m["step/forward/layer/attn.core.local/dcmha_forward"].at("count").get<int64_t>(), 4);
+  EXPECT_EQ(m["step/backward/layer/attn.core.global/dcmha_backward"].at("count").get<int64_t>(), 4);
+  const double step_ms = 1e3 * b.at("step_time_s_median").get<double>(), range_ms = m["step"].at("ms").get<double>();
+  EXPECT_LE(range_ms, step_ms * 1.001 + 1e-3);
+  EXPECT_GE(range_ms, 0.9 * step_ms);
+  for (const auto& [path, row] : m) EXPECT_GE(row.at("self_ms").get<double>(), -1e-3) << path;
 }

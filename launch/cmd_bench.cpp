@@ -2,8 +2,9 @@
 // steps, then times steps (CUDA events on the GPU, the host clock on the CPU) and prints tokens/s,
 // model TFLOP/s, MFU against the device's peak, peak device memory and the step-time breakdown;
 // --json prints one machine-readable object instead. --breakdown then runs as many steps again with
-// every named range timed (kernels/profile.h: ops, layer phases, optimizer) and prints rank 0's median
-// time per range; those steps are not part of the figures above, since timing each range costs host time.
+// every named range timed (kernels/profile.h: ops, layer phases, optimizer) and prints one rank's median
+// time per range (rank 0, or --breakdown-rank); those steps are not part of the figures above, since timing
+// each range costs host time.
 #include <mpi.h>
 
 #include <algorithm>
@@ -32,6 +33,7 @@ struct BenchOptions {
   int warmup = 3, steps = 10;
   bool json = false, real_data = false;
   bool breakdown = false;  // then as many profiled steps again, with every named range timed
+  int breakdown_rank = 0;  // whose ranges are reported (pipeline stages and TP ranks differ)
   double peak_tflops = 0;  // 0: by device (H200 bf16 dense 989, fp32 67; CPU: measured below)
 };
 
@@ -55,6 +57,9 @@ int run_bench(const BenchOptions& opt) {
   char** argv = nullptr;
   MpiSession mpi(&argc, &argv);
   validate_config(cfg, mpi.world_size);
+  if (opt.breakdown_rank >= mpi.world_size)
+    throw InputError("--breakdown-rank " + std::to_string(opt.breakdown_rank) + ": the world has " +
+                     std::to_string(mpi.world_size) + " rank(s), 0.." + std::to_string(mpi.world_size - 1));
   GridShape gs{cfg.parallel().tp(), mpi.world_size / (cfg.parallel().tp() * cfg.parallel().pp()), cfg.parallel().pp()};
   ProcessGrid grid(MPI_COMM_WORLD, gs);
   Trainer trainer(cfg, grid);
@@ -129,6 +134,32 @@ int run_bench(const BenchOptions& opt) {
     }
     prof::enable(prof::Clock::off);
   }
+  // A path missing from some profiled steps counts 0 ms there (the median is over all of them).
+  auto med_all = [&](std::vector<double> v) {
+    v.resize(prof_times.size(), 0.0);
+    return median(v);
+  };
+  nlohmann::json prof_rows = nlohmann::json::array();
+  if (opt.breakdown) {
+    for (const auto& [path, p] : prof_paths)
+      prof_rows.push_back({{"path", path}, {"ms", med_all(p.total)}, {"self_ms", med_all(p.self)}, {"count", p.count}});
+    prof_rows = nlohmann::json{{"ranges", prof_rows}, {"step_time_s_median", median(prof_times)}};
+    // The reported rank's rows to rank 0, which prints them.
+    if (opt.breakdown_rank != 0) {
+      if (mpi.world_rank == opt.breakdown_rank) {
+        const std::string text = prof_rows.dump();
+        const int n = int(text.size());
+        MPI_Send(&n, 1, MPI_INT, 0, 7101, MPI_COMM_WORLD);
+        MPI_Send(text.data(), n, MPI_CHAR, 0, 7102, MPI_COMM_WORLD);
+      } else if (mpi.world_rank == 0) {
+        int n = 0;
+        MPI_Recv(&n, 1, MPI_INT, opt.breakdown_rank, 7101, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        std::string text(size_t(n), '\0');
+        MPI_Recv(text.data(), n, MPI_CHAR, opt.breakdown_rank, 7102, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        prof_rows = nlohmann::json::parse(text);
+      }
+    }
+  }
   const ModelSpec spec = model_spec_from_config(cfg);
   const double tokens = double(cfg.run().global_batch()) * double(spec.seq_len);
   const double step_s = median(times);
@@ -170,20 +201,12 @@ int run_bench(const BenchOptions& opt) {
                         {"dp_comm_s", median(dpc)},
                         {"optimizer_s", median(optim)},
                         {"loss_last", last.loss}};
-    // A path missing from some profiled steps counts 0 ms there (the median is over all of them).
-    auto med_all = [&](std::vector<double> v) {
-      v.resize(prof_times.size(), 0.0);
-      return median(v);
-    };
-    if (opt.breakdown) {
-      nlohmann::json rows = nlohmann::json::array();
-      for (const auto& [path, p] : prof_paths)
-        rows.push_back({{"path", path}, {"ms", med_all(p.total)}, {"self_ms", med_all(p.self)}, {"count", p.count}});
+    if (opt.breakdown)
       j["breakdown"] = {{"steps", prof_times.size()},
                         {"clock", gpu ? "device" : "host"},
-                        {"step_time_s_median", median(prof_times)},
-                        {"ranges", rows}};
-    }
+                        {"rank", opt.breakdown_rank},
+                        {"step_time_s_median", prof_rows["step_time_s_median"]},
+                        {"ranges", prof_rows["ranges"]}};
     if (opt.json) {
       std::printf("%s\n", j.dump().c_str());
     } else {
@@ -198,13 +221,15 @@ int run_bench(const BenchOptions& opt) {
                   median(fb), median(wait), median(dpc), median(optim));
       if (opt.breakdown) {
         std::printf("  breakdown: %zu profiled steps (%s clock), step %.4f s (median; ranges timed, so slower)\n",
-                    prof_times.size(), gpu ? "device" : "host", median(prof_times));
-        std::printf("    %-58s %10s %10s %7s\n", "range (rank 0; median ms per step)", "ms", "self ms", "count");
-        for (const auto& [path, p] : prof_paths) {
+                    prof_times.size(), gpu ? "device" : "host", prof_rows["step_time_s_median"].get<double>());
+        const std::string head = "range (rank " + std::to_string(opt.breakdown_rank) + "; median ms per step)";
+        std::printf("    %-58s %10s %10s %7s\n", head.c_str(), "ms", "self ms", "count");
+        for (const auto& row : prof_rows["ranges"]) {
+          const std::string path = row["path"].get<std::string>();
           const size_t depth = size_t(std::count(path.begin(), path.end(), '/'));
           const std::string name = std::string(2 * depth, ' ') + path.substr(path.rfind('/') + 1);
-          std::printf("    %-58s %10.3f %10.3f %7lld\n", name.c_str(), med_all(p.total), med_all(p.self),
-                      static_cast<long long>(p.count));
+          std::printf("    %-58s %10.3f %10.3f %7lld\n", name.c_str(), row["ms"].get<double>(),
+                      row["self_ms"].get<double>(), static_cast<long long>(row["count"].get<int64_t>()));
         }
       }
     }
@@ -227,6 +252,8 @@ CommandRunner add_bench_command(CLI::App& app) {
   sub->add_flag("--real-data", opt->real_data, "read the config's data instead of synthetic tokens");
   sub->add_flag("--breakdown", opt->breakdown,
                 "then as many steps again with every named range timed; print the median per range");
+  sub->add_option("--breakdown-rank", opt->breakdown_rank, "the rank whose ranges --breakdown reports (default 0)")
+      ->check(CLI::NonNegativeNumber);
   return [opt]() { return run_bench(*opt); };
 }
 

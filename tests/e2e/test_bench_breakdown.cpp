@@ -90,6 +90,29 @@ TEST(BenchBreakdown, TensorParallelCollectivesAreRanges) {
   EXPECT_EQ(count["step/forward/layer/mlp/comm.all_reduce"], 4);
 }
 
+// Two pipeline stages: the first holds the embedding, the last the head, two layers each; --breakdown-rank
+// picks whose ranges are reported.
+TEST(BenchBreakdown, ReportsTheChosenRank) {
+  for (int rank : {0, 1}) {
+    const nlohmann::json j = bench_json(dcf::test::mpirun() + " -np 2 " + DCF_BINARY + " bench --config " + kTiny +
+                                        " --set parallel.pp=2 --set parallel.micro_batches=2 --steps 2 --warmup 1"
+                                        " --breakdown --json --breakdown-rank " + std::to_string(rank));
+    ASSERT_TRUE(j.contains("breakdown")) << j.dump();
+    EXPECT_EQ(j["breakdown"]["rank"].get<int>(), rank);
+    std::map<std::string, int64_t> count;
+    for (const auto& row : j["breakdown"]["ranges"]) count[row["path"].get<std::string>()] = row["count"].get<int64_t>();
+    EXPECT_EQ(count.count("step/forward/embed"), rank == 0 ? 1u : 0u) << "rank " << rank;
+    EXPECT_EQ(count.count("step/forward/head"), rank == 1 ? 1u : 0u) << "rank " << rank;
+    EXPECT_EQ(count["step/forward/layer"], 4) << "rank " << rank;  // 2 layers x 2 micro-batches
+  }
+}
+
+TEST(BenchBreakdown, RankOutsideTheWorldIsRefused) {
+  auto r = run_command(std::string(DCF_BINARY) + " bench --config " + kTiny + " --steps 1 --breakdown --breakdown-rank 1");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--breakdown-rank 1: the world has 1 rank(s), 0..0"), std::string::npos) << r.output;
+}
+
 TEST(BenchBreakdown, TextTableListsTheRanges) {
   auto r = run_command(std::string(DCF_BINARY) + " bench --config " + kTiny + " --steps 1 --warmup 0 --breakdown");
   ASSERT_EQ(r.status, 0) << r.output;

@@ -22,7 +22,6 @@ namespace {
 
 struct Rec {
   int path = -1;
-  bool closed = false;
   double t0 = 0, t1 = 0;  // host clock, ms
 #ifdef DCF_WITH_CUDA
   cudaEvent_t e0 = nullptr, e1 = nullptr;
@@ -32,6 +31,7 @@ struct Rec {
 struct State {
   std::mutex mu;
   std::vector<std::string> paths;  // interned
+  std::vector<int> parent;         // of each interned path: the path it is nested in, or -1
   std::unordered_map<std::string, int> ids;
   std::vector<Rec> recs;
   int64_t open = 0;
@@ -87,13 +87,15 @@ void detail::begin(const char* name) {
   State& s = st();
   const Clock m = g_mode.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> lk(s.mu);
-  std::string path = tls_stack.empty() ? std::string(name) : s.paths[size_t(tls_stack.back().path)] + "/" + name;
+  const int up = tls_stack.empty() ? -1 : tls_stack.back().path;
+  std::string path = up < 0 ? std::string(name) : s.paths[size_t(up)] + "/" + name;
   auto it = s.ids.find(path);
   int id;
   if (it == s.ids.end()) {
     id = int(s.paths.size());
     s.ids.emplace(path, id);
     s.paths.push_back(std::move(path));
+    s.parent.push_back(up);
   } else {
     id = it->second;
   }
@@ -115,7 +117,7 @@ void detail::begin(const char* name) {
 void detail::end() {
   State& s = st();
   std::lock_guard<std::mutex> lk(s.mu);
-  if (tls_stack.empty()) return;  // opened before a collect() that threw; nothing to close
+  if (tls_stack.empty()) return;  // a range closing on another thread than it opened on: not recorded
   const Open o = tls_stack.back();
   tls_stack.pop_back();
   Rec& r = s.recs[o.rec];
@@ -123,7 +125,6 @@ void detail::end() {
   if (r.e1) DCF_CUDA_CHECK(cudaEventRecord(r.e1, cuda::current_stream()));
 #endif
   if (g_mode.load(std::memory_order_relaxed) == Clock::host) r.t1 = host_ms();
-  r.closed = true;
   --s.open;
 }
 
@@ -149,21 +150,17 @@ std::vector<Entry> collect() {
     ++e.count;
   }
   s.recs.clear();
+  for (auto& [id, e] : by) e.self_ms = e.total_ms;
+  for (const auto& [id, e] : by) {
+    auto up = by.find(s.parent[size_t(id)]);
+    if (up != by.end()) up->second.self_ms -= e.total_ms;
+  }
   std::vector<Entry> out;
-  std::unordered_map<std::string, size_t> at;
   for (auto& [id, e] : by) {
     e.path = s.paths[size_t(id)];
-    e.self_ms = e.total_ms;
-    out.push_back(e);
+    out.push_back(std::move(e));
   }
   std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.path < b.path; });
-  for (size_t i = 0; i < out.size(); ++i) at[out[i].path] = i;
-  for (const Entry& e : out) {
-    const size_t cut = e.path.rfind('/');
-    if (cut == std::string::npos) continue;
-    auto p = at.find(e.path.substr(0, cut));
-    if (p != at.end()) out[p->second].self_ms -= e.total_ms;
-  }
   return out;
 }
 

@@ -139,11 +139,12 @@ int run_bench(const BenchOptions& opt) {
     v.resize(prof_times.size(), 0.0);
     return median(v);
   };
-  nlohmann::json prof_rows = nlohmann::json::array();
+  nlohmann::json prof_rows;  // this rank's {ranges, step_time_s_median}; on rank 0, the reported rank's
   if (opt.breakdown) {
+    nlohmann::json ranges = nlohmann::json::array();
     for (const auto& [path, p] : prof_paths)
-      prof_rows.push_back({{"path", path}, {"ms", med_all(p.total)}, {"self_ms", med_all(p.self)}, {"count", p.count}});
-    prof_rows = nlohmann::json{{"ranges", prof_rows}, {"step_time_s_median", median(prof_times)}};
+      ranges.push_back({{"path", path}, {"ms", med_all(p.total)}, {"self_ms", med_all(p.self)}, {"count", p.count}});
+    prof_rows = {{"ranges", ranges}, {"step_time_s_median", median(prof_times)}};
     // The reported rank's rows to rank 0, which prints them.
     if (opt.breakdown_rank != 0) {
       if (mpi.world_rank == opt.breakdown_rank) {

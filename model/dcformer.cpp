@@ -3,7 +3,6 @@
 
 #include <atomic>
 #include <cmath>
-#include <optional>
 #include <thread>
 
 #include "kernels/profile.h"
@@ -359,15 +358,13 @@ void DcformerModel::forward(MicroBatch& mb, const Tensor* x_in) {
   const int64_t B = mb.batch, T = spec_.seq_len, E = spec_.d_model, R = B * T;
   DCF_RANGE("forward");
   Tensor x;
-  std::optional<prof::Range> embed_range;
   if (shard_.has_embedding) {
-    embed_range.emplace("embed");
+    DCF_RANGE("embed");
     DCF_CHECK(mb.ids.numel() == R, "micro-batch ids ", mb.ids.desc(), " for B=", B, " T=", T);
     if (!(mb.ids.device() == dev_)) mb.ids = mb.ids.to(dev_);
     x = new_tensor({R, E});
     embedding_forward(embed_->value, mb.ids, x, shard_.tp_rank * (spec_.vocab / shard_.tp_size));
     reduce_from_tp(x);  // vocab-parallel embedding: rows outside the shard are 0
-    embed_range.reset();
   } else {
     DCF_CHECK(x_in && x_in->numel() == R * E, "stage input");
     x = *x_in;

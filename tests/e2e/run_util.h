@@ -38,6 +38,13 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   return out;
 }
 
+// The JSON object a command printed last: its last line that starts with '{' (null when there is none).
+inline nlohmann::json last_json_line(const std::string& output) {
+  const size_t at = output.rfind("\n{");
+  const std::string line = at == std::string::npos ? output : output.substr(at + 1);
+  return line.rfind('{', 0) == 0 ? nlohmann::json::parse(line) : nlohmann::json();
+}
+
 inline std::string mpirun() {
   return std::string(DCF_MPIRUN_CMD);
 }

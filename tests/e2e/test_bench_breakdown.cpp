@@ -23,13 +23,12 @@ const std::string kTiny = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textp
 nlohmann::json bench_json(const std::string& cmd) {
   auto r = run_command(cmd);
   EXPECT_EQ(r.status, 0) << cmd << "\n" << r.output;
-  const size_t at = r.output.rfind("\n{");
-  const std::string line = at == std::string::npos ? r.output : r.output.substr(at + 1);
-  if (r.status != 0 || line.rfind('{', 0) != 0) {
+  nlohmann::json j = dcf::test::last_json_line(r.output);
+  if (r.status != 0 || j.is_null()) {
     ADD_FAILURE() << "no JSON line in:\n" << r.output;
     return nlohmann::json();
   }
-  return nlohmann::json::parse(line);
+  return j;
 }
 
 TEST(BenchBreakdown, CountsFollowTheModelAndTimesNest) {

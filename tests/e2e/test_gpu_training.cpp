@@ -119,8 +119,8 @@ TEST_F(GpuTraining, BreakdownOnTheDeviceClock) {
                           " --steps 3 --warmup 2 --breakdown --json";
   auto r = dcf::test::run_command(cmd);
   ASSERT_EQ(r.status, 0) << cmd << "\n" << r.output;
-  const size_t at = r.output.rfind("\n{");
-  const nlohmann::json j = nlohmann::json::parse(at == std::string::npos ? r.output : r.output.substr(at + 1));
+  const nlohmann::json j = dcf::test::last_json_line(r.output);
+  ASSERT_FALSE(j.is_null()) << r.output;
   const auto& b = j.at("breakdown");
   EXPECT_EQ(b.at("clock").get<std::string>(), "device");
   std::map<std::string, nlohmann::json> m;

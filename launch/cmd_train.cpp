@@ -3,12 +3,14 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "kernels/profile.h"
 #include "launch/commands.h"
 #include "launch/mpi_env.h"
 #include "runtime/config.h"
@@ -46,9 +48,14 @@ MonitorOptions monitor_options(const dcformer::Config& cfg) {
   o.gpu = cfg.run().device() == dcformer::RunConfig::CUDA;
   o.checkpoint_every_steps = cfg.checkpoint().every_steps();
   o.metrics_path = (std::filesystem::path(cfg.run().run_dir()) / "metrics.jsonl").string();
+  o.profile_every = cfg.monitoring().profile_every();
   o.model_name = cfg.model().kind() == dcformer::ModelConfig::DCFORMER ? "DCFormer++" : "Transformer++";
   return o;
 }
+
+// Sampled ranges exported per rank: paths of at most this many names ("step/backward/layer/attn.core.global");
+// the ops nested below them (every GEMM, every norm) stay out of the metrics.
+constexpr int kExportedRangeDepth = 4;
 
 StepMetrics step_metrics(const StepResult& r) {
   StepMetrics m;
@@ -135,7 +142,21 @@ int run_train(const TrainOptions& opt) {
   trainer->on_checkpoint = [&](int64_t step, double duration_s, double bytes) {
     monitor->on_checkpoint({step, true, duration_s, bytes});
   };
-  trainer->train([&](const StepResult& r) { monitor->on_step(step_metrics(r)); });
+  // Sampled steps (monitoring.profile_every) run with the named ranges on, on the clock of the device.
+  const auto clock = cfg.run().device() == dcformer::RunConfig::CUDA ? prof::Clock::device : prof::Clock::host;
+  trainer->before_step = [&](int64_t step) {
+    if (monitor->samples_step(step)) prof::enable(clock);
+  };
+  trainer->train([&](const StepResult& r) {
+    StepMetrics m = step_metrics(r);
+    if (prof::mode() != prof::Clock::off) {
+      for (const prof::Entry& e : prof::collect())
+        if (std::count(e.path.begin(), e.path.end(), '/') < kExportedRangeDepth)
+          m.ranges.emplace_back(e.path, e.total_ms * 1e-3);
+      prof::enable(prof::Clock::off);
+    }
+    monitor->on_step(m);
+  });
   } catch (const DcfError& e) {
     monitor->finish();
     std::fflush(stdout);

@@ -4,6 +4,7 @@
 
 #include <mpi.h>
 #include <prometheus/counter.h>
+#include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <unistd.h>
 
@@ -15,7 +16,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "kernels/error.h"
 #include "monitoring/exporter.h"
@@ -96,6 +99,11 @@ struct TrainingMonitor::Impl {
     prometheus::Gauge *rss = nullptr, *rss_peak = nullptr, *dev = nullptr, *dev_peak = nullptr;
   };
   std::vector<RankGauges> rank_gauges;  // leader: one per rank of the node
+  // Leader: the sampled ranges (dcformer_rank_range_seconds), a gauge per rank and path seen so far.
+  prometheus::Family<prometheus::Gauge>* range_family = nullptr;
+  std::vector<std::map<std::string, prometheus::Gauge*>> range_gauges;
+  prometheus::Gauge* g_range_step = nullptr;
+  std::vector<prometheus::Labels> rank_labels;
   prometheus::Gauge *g_step = nullptr, *g_last_ts = nullptr;
   // Job level (world rank 0 with an exporter).
   prometheus::Gauge *g_loss = nullptr, *g_lr = nullptr, *g_gnorm = nullptr, *g_step_s = nullptr, *g_tps = nullptr,
@@ -117,7 +125,40 @@ struct TrainingMonitor::Impl {
   void start_outputs();  // metrics.jsonl and the exporters; every rank throws if any failed
   void register_node_metrics();
   void register_job_metrics();
+  // Collective over the node: every rank's ranges of a sampled step, to the node's first rank (per rank
+  // of the node, in node order; empty elsewhere).
+  std::vector<std::vector<std::pair<std::string, double>>> gather_ranges(
+      const std::vector<std::pair<std::string, double>>& mine) const;
 };
+
+std::vector<std::vector<std::pair<std::string, double>>> TrainingMonitor::Impl::gather_ranges(
+    const std::vector<std::pair<std::string, double>>& mine) const {
+  // One line per range, "path<TAB>seconds" (range names are identifiers without tabs or newlines).
+  std::ostringstream os;
+  os.precision(9);
+  for (const auto& [path, sec] : mine) os << path << '\t' << sec << '\n';
+  const std::string text = os.str();
+  int len = int(text.size());
+  std::vector<int> lens(size_t(node_rank == 0 ? node_size : 0)), displs;
+  DCF_MPI(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, node.c));
+  std::string all;
+  if (node_rank == 0) {
+    int off = 0;
+    for (int l : lens) displs.push_back(off), off += l;
+    all.resize(size_t(off));
+  }
+  DCF_MPI(MPI_Gatherv(text.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, 0, node.c));
+  std::vector<std::vector<std::pair<std::string, double>>> out(size_t(node_rank == 0 ? node_size : 0));
+  for (size_t i = 0; i < out.size(); ++i) {
+    std::istringstream is(all.substr(size_t(displs[i]), size_t(lens[i])));
+    std::string line;
+    while (std::getline(is, line)) {
+      const auto tab = line.find('\t');
+      if (tab != std::string::npos) out[i].emplace_back(line.substr(0, tab), std::strtod(line.c_str() + tab + 1, nullptr));
+    }
+  }
+  return out;
+}
 
 void TrainingMonitor::Impl::setup_comms(ProcessGrid& grid) {
   MPI_Comm base = MPI_COMM_WORLD;
@@ -258,6 +299,21 @@ void TrainingMonitor::Impl::register_node_metrics() {
     g.dev = &dev.Add(l);
     g.dev_peak = &dev_peak.Add(l);
     rank_gauges.push_back(g);
+    rank_labels.push_back(l);
+  }
+  if (opt.profile_every > 0) {
+    range_family = &prometheus::BuildGauge()
+                        .Name("dcformer_rank_range_seconds")
+                        .Help("This rank's time in each named range of the last sampled step (monitoring.profile_every): "
+                              "forward and backward by layer phase (summed over layers and micro-batches), the "
+                              "optimizer, the collectives; ranges nest, a path names its enclosing ranges")
+                        .Register(reg);
+    range_gauges.resize(size_t(node_size));
+    g_range_step = &prometheus::BuildGauge()
+                        .Name("dcformer_range_sample_step")
+                        .Help("The step (1-based) whose ranges dcformer_rank_range_seconds shows; 0: none sampled yet")
+                        .Register(reg)
+                        .Add({});
   }
 }
 
@@ -317,6 +373,7 @@ TrainingMonitor::TrainingMonitor(const MonitorOptions& options, ProcessGrid& gri
   m.opt = options;
   if (!(m.opt.peak_flops_per_device >= 0) || !std::isfinite(m.opt.peak_flops_per_device))
     throw InputError("monitoring.peak_flops_per_device: must be >= 0 (0: H200 peak on CUDA, measured on CPU)");
+  if (m.opt.profile_every < 0) throw InputError("monitoring.profile_every: must be >= 0 (0: never)");
   m.setup_comms(grid);
   m.start_outputs();
   if (m.world_rank == 0) {
@@ -343,6 +400,10 @@ TrainingMonitor::~TrainingMonitor() = default;
 
 std::string TrainingMonitor::exporter_url() const { return impl_->exporter ? impl_->exporter->url() : ""; }
 double TrainingMonitor::peak_flops_per_device() const { return impl_->peak_per_device; }
+
+bool TrainingMonitor::samples_step(int64_t step) const {
+  return impl_->opt.profile_every > 0 && (step + 1) % impl_->opt.profile_every == 0;
+}
 
 void TrainingMonitor::on_step(const StepMetrics& s) {
   Impl& m = *impl_;
@@ -374,11 +435,30 @@ void TrainingMonitor::on_step(const StepMetrics& s) {
   const double model_flops = s.tokens_per_s * m.opt.train_flops_per_token;
   const double peak = m.peak_per_device * m.world_size;
   const double mfu = peak > 0 ? model_flops / peak : 0;
+  const bool sampled = samples_step(s.step);
+  std::vector<std::vector<std::pair<std::string, double>>> node_ranges;
+  if (sampled) node_ranges = m.gather_ranges(s.ranges);
 
   if (m.exporter) {
     m.exporter->update([&] {
       m.g_step->Set(steps_done);
       m.g_last_ts->Set(now);
+      if (sampled && m.range_family) {
+        m.g_range_step->Set(steps_done);
+        for (int i = 0; i < m.node_size; ++i) {
+          auto& gauges = m.range_gauges[size_t(i)];
+          for (auto& [path, g] : gauges) g->Set(0);  // a range not run in this step took no time
+          for (const auto& [path, sec] : node_ranges[size_t(i)]) {
+            auto it = gauges.find(path);
+            if (it == gauges.end()) {
+              auto l = m.rank_labels[size_t(i)];
+              l["range"] = path;
+              it = gauges.emplace(path, &m.range_family->Add(l)).first;
+            }
+            it->second->Set(sec);
+          }
+        }
+      }
       for (int i = 0; i < m.node_size; ++i) {
         const double* r = &m.node_buf[size_t(i) * kFields];
         auto& g = m.rank_gauges[size_t(i)];
@@ -434,6 +514,11 @@ void TrainingMonitor::on_step(const StepMetrics& s) {
                         {"data_s", s.data_wait_s},
                         {"host_memory_bytes", hm.resident_bytes},
                         {"rank_step_time_s", rank_step}};
+    if (sampled) {
+      nlohmann::json r = nlohmann::json::object();
+      for (const auto& [path, sec] : s.ranges) r[path] = sec;
+      j["ranges_s"] = r;
+    }
     m.jsonl << j.dump() << "\n";
     m.jsonl.flush();
   }

@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "parallel/process_grid.h"
 
@@ -32,6 +34,9 @@ struct StepMetrics {
   double data_wait_s = 0;                // building this rank's micro-batches
   double data_queue_depth = 0;           // micro-batches ready in the loader's prefetch queue (0: none)
   double device_memory_bytes = 0, device_memory_peak_bytes = 0;  // GPU memory (0 on CPU ranks)
+  // On a sampled step (TrainingMonitor::samples_step): this rank's time per named range (kernels/profile.h),
+  // as (path, seconds); empty otherwise.
+  std::vector<std::pair<std::string, double>> ranges;
 };
 
 // One checkpoint save attempt, reported by world rank 0.
@@ -58,6 +63,7 @@ struct MonitorOptions {
   // stdout is not one or the process was started by an MPI launcher), 1 plain lines, 2 in place, 3 off.
   int progress = 0;
   FILE* progress_out = stdout;
+  int profile_every = 0;  // every N-th step's ranges are exported (StepMetrics::ranges); 0: none
 };
 
 class TrainingMonitor {
@@ -71,6 +77,9 @@ class TrainingMonitor {
 
   // Collective: every rank, after every step, with its own numbers.
   void on_step(const StepMetrics& m);
+  // Whether the step of this 0-based index is sampled: its StepMetrics::ranges are exported (every rank
+  // answers the same; on_step gathers the ranges of such a step over each node).
+  bool samples_step(int64_t step) const;
   // World rank 0 (no-op elsewhere), after each checkpoint save attempt.
   void on_checkpoint(const CheckpointMetrics& c);
   // Ends the in-place progress line (world rank 0).

@@ -322,6 +322,7 @@ void validate_config(const dcformer::Config& c, int world) {
   need(c.checkpoint().keep_last() >= 1, "checkpoint.keep_last: must be >= 1");
   need(c.monitoring().port() >= 0 && c.monitoring().port() <= 65535, "monitoring.port: must be in 0..65535");
   need(c.monitoring().log_every() >= 1, "monitoring.log_every: must be >= 1");
+  need(c.monitoring().profile_every() >= 0, "monitoring.profile_every: must be >= 0 (0: never)");
   if (world > 0) {
     int tp = p.tp(), pp = p.pp();
     need(world % (tp * pp) == 0, "parallel: world size " + std::to_string(world) + " is not divisible by tp*pp = " +

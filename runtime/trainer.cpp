@@ -356,7 +356,11 @@ std::vector<StepResult> Trainer::train(const std::function<void(const StepResult
   std::vector<StepResult> out;
   checkpoint_begin();
   while (step_ < cfg_.run().steps()) {
-    out.push_back(step());
+    if (before_step) before_step(step_);
+    {
+      DCF_RANGE("step");  // as `dcformer bench` names it: sampled steps' ranges read as the bench's do
+      out.push_back(step());
+    }
     if (on_step) on_step(out.back());
     checkpoint_after_step();
   }

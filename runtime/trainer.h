@@ -47,6 +47,8 @@ class Trainer {
   // Called on every rank when a checkpoint has committed: its step, the save's duration on this rank
   // (stall + write) and the bytes written by all ranks.
   std::function<void(int64_t step, double duration_s, double bytes)> on_checkpoint;
+  // Called by train() on every rank right before each step, with the step's 0-based index.
+  std::function<void(int64_t step)> before_step;
 
   DcformerModel& model() { return *model_; }
   int64_t current_step() const { return step_; }

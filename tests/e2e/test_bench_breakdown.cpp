@@ -1,8 +1,12 @@
 // `dcformer bench --breakdown` on the tiny CPU config: the ranges' counts follow from the model's structure
 // (layers, micro-batches, GEMMs per sub-layer), the times nest (a range holds at least its nested ones) and
-// the step's range holds the step time the trainer measures on its own clock.
+// the step's range holds the step time the trainer measures on its own clock. `dcformer train` with
+// monitoring.profile_every: the sampled steps' ranges in metrics.jsonl against the trainer's own timings.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <map>
 
 #include "tests/e2e/run_util.h"
@@ -121,3 +125,62 @@ TEST(BenchBreakdown, TextTableListsTheRanges) {
 }
 
 }  // namespace
+
+// Every second step of a training run is sampled: metrics.jsonl carries its ranges (paths of at most four
+// names), whose step and forward ranges agree with the trainer's own step and forward (+ TP communication)
+// timings of that step.
+namespace {
+
+void train_sampled(const std::string& launcher, const std::string& sets, int ranks) {
+  const auto dir = std::filesystem::temp_directory_path() / ("dcf_sampled_" + std::to_string(::getpid()) + "_" +
+                                                            std::to_string(ranks));
+  std::filesystem::remove_all(dir);
+  const std::string cmd = launcher + DCF_BINARY + " train --config " + kTiny +
+                          " --set data.format=SYNTHETIC --set run.steps=4 --set monitoring.profile_every=2"
+                          " --set model.n_layers=3 --set run.run_dir=" + dir.string() + " " + sets;
+  auto r = run_command(cmd);
+  ASSERT_EQ(r.status, 0) << cmd << "\n" << r.output;
+  const auto rows = dcf::test::read_jsonl((dir / "metrics.jsonl").string());
+  ASSERT_EQ(rows.size(), 4u);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    ASSERT_EQ(rows[i].contains("ranges_s"), i % 2 == 1) << "step " << i + 1;
+    if (i % 2 == 0) continue;
+    const auto& rs = rows[i]["ranges_s"];
+    for (const auto& [path, sec] : rs.items()) {
+      EXPECT_LE(std::count(path.begin(), path.end(), '/'), 3) << path;
+      EXPECT_GE(sec.get<double>(), 0.0) << path;
+    }
+    ASSERT_TRUE(rs.contains("step")) << rs.dump();
+    // The trainer's forward time leaves out TP communication (its own phase, forward and backward together);
+    // the forward range holds the forward's share of it.
+    const double step_s = rows[i]["step_time_s"].get<double>(), fwd_s = rows[i]["forward_s"].get<double>(),
+                 tp_s = rows[i]["tp_comm_s"].get<double>();
+    EXPECT_GE(rs["step"].get<double>(), step_s);
+    EXPECT_LE(rs["step"].get<double>(), 1.1 * step_s + 2e-3);
+    ASSERT_TRUE(rs.contains("step/forward")) << rs.dump();
+    EXPECT_GE(rs["step/forward"].get<double>(), 0.9 * fwd_s - 1e-3);
+    EXPECT_LE(rs["step/forward"].get<double>(), 1.1 * (fwd_s + tp_s) + 2e-3);
+    EXPECT_TRUE(rs.contains("step/forward/layer/attn.core.local")) << rs.dump();
+    EXPECT_TRUE(rs.contains("step/backward/layer/attn.core.global")) << rs.dump();
+    EXPECT_TRUE(rs.contains("step/optimizer")) << rs.dump();
+    EXPECT_LE(rs["step/forward/layer"].get<double>(), rs["step/forward"].get<double>() + 1e-9);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+
+TEST(TrainSampledRanges, EverySecondStepAgainstTheTrainersTimings) { train_sampled("", "", 1); }
+
+// Two tensor-parallel ranks: the sampled step's ranges are gathered (a collective on sampled steps only)
+// without stalling the run, and the attention output's all-reduce sits in its phase.
+TEST(TrainSampledRanges, TensorParallelRanks) {
+  train_sampled(dcf::test::mpirun() + " -np 2 ", "--set parallel.tp=2", 2);
+}
+
+TEST(TrainSampledRanges, NegativeIntervalIsRefused) {
+  auto r = run_command(std::string(DCF_BINARY) + " train --config " + kTiny +
+                       " --set data.format=SYNTHETIC --set run.steps=1 --set monitoring.profile_every=-1");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("monitoring.profile_every: must be >= 0"), std::string::npos) << r.output;
+}

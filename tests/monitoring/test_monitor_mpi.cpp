@@ -7,7 +7,10 @@
 #include <mpi.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <utility>
+#include <vector>
 
 #include "kernels/error.h"
 #include "monitoring/training_monitor.h"
@@ -88,6 +91,24 @@ MonitorOptions options(int port, const std::string& dir) {
   return o;
 }
 
+// The two exporters' scrapes (node 0 on port, node 1 on port + 1), parsed; empty where a scrape failed.
+std::pair<std::vector<dcf::test::Sample>, std::vector<dcf::test::Sample>> scrape_nodes(int port) {
+  auto n0 = dcf::test::http_get("127.0.0.1", port, "/metrics");
+  auto n1 = dcf::test::http_get("127.0.0.1", port + 1, "/metrics");
+  EXPECT_EQ(n0.status, 200);
+  EXPECT_EQ(n1.status, 200);
+  if (n0.status != 200 || n1.status != 200) return {};
+  return {dcf::test::parse_exposition(n0.body), dcf::test::parse_exposition(n1.body)};
+}
+
+std::vector<nlohmann::json> read_rows(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::vector<nlohmann::json> rows;
+  while (std::getline(in, line)) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
 }  // namespace
 
 TEST(MonitorMpi, TwoNodesExportTheirRanksAndRankZeroTheJob) {
@@ -102,11 +123,8 @@ TEST(MonitorMpi, TwoNodesExportTheirRanksAndRankZeroTheJob) {
     if (r == 0) mon.on_checkpoint({2, true, 1.5, 12345});
     MPI_Barrier(MPI_COMM_WORLD);
     if (r == 0) {
-      auto n0 = dcf::test::http_get("127.0.0.1", port, "/metrics");
-      auto n1 = dcf::test::http_get("127.0.0.1", port + 1, "/metrics");
-      ASSERT_EQ(n0.status, 200);
-      ASSERT_EQ(n1.status, 200);
-      auto s0 = dcf::test::parse_exposition(n0.body), s1 = dcf::test::parse_exposition(n1.body);
+      const auto [s0, s1] = scrape_nodes(port);
+      ASSERT_FALSE(s0.empty() || s1.empty());
       using dcf::test::find_sample;
       for (int rank = 0; rank < 4; ++rank) {
         const auto& mine = rank < 2 ? s0 : s1;
@@ -145,11 +163,9 @@ TEST(MonitorMpi, TwoNodesExportTheirRanksAndRankZeroTheJob) {
       EXPECT_EQ(*find_sample(s0, "dcformer_checkpoints_total"), 1);
       EXPECT_EQ(*find_sample(s0, "dcformer_checkpoint_interval_steps"), 50);
       EXPECT_EQ(*find_sample(s0, "dcformer_job_info", {{"world", "4"}, {"tp", "2"}, {"pp", "2"}, {"nodes", "2"}}), 1);
+      EXPECT_FALSE(find_sample(s0, "dcformer_range_sample_step")) << "no sampled ranges without profile_every";
       // metrics.jsonl: one line per step with every rank's step time, by world rank.
-      std::ifstream in(dir + "/metrics.jsonl");
-      std::string line;
-      std::vector<nlohmann::json> rows;
-      while (std::getline(in, line)) rows.push_back(nlohmann::json::parse(line));
+      const auto rows = read_rows(dir + "/metrics.jsonl");
       ASSERT_EQ(rows.size(), 3u);
       for (int64_t s = 0; s < 3; ++s) {
         EXPECT_EQ(rows[size_t(s)]["step"], s + 1);
@@ -158,6 +174,76 @@ TEST(MonitorMpi, TwoNodesExportTheirRanksAndRankZeroTheJob) {
         for (int rank = 0; rank < 4; ++rank)
           EXPECT_DOUBLE_EQ(rows[size_t(s)]["rank_step_time_s"][size_t(rank)].get<double>(),
                            metrics_of(rank, s).step_time_s);
+      }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  if (world_rank() == 0) fs::remove_all(dir);
+}
+
+// monitoring.profile_every = 2: the ranges of steps 2 and 4 (0-based 1 and 3) are exported per rank by its
+// node's exporter, a range absent from the last sample reads 0, and metrics.jsonl carries world rank 0's
+// ranges on those steps only.
+namespace {
+std::vector<std::pair<std::string, double>> ranges_of(int rank, int64_t step) {
+  std::vector<std::pair<std::string, double>> r = {{"step", 1.0 + 0.1 * rank + 0.01 * double(step)},
+                                                   {"step/forward", 0.1 * (rank + 1) + 0.001 * double(step)}};
+  if (step == 1) r.emplace_back("step/comm.all_reduce", 0.05);
+  if (rank == 3) r.emplace_back("step/backward/layer/attn.core.global", 0.25 + 0.001 * double(step));
+  return r;
+}
+}  // namespace
+
+TEST(MonitorMpi, SampledStepsExportEachRanksRanges) {
+  ProcessGrid grid(MPI_COMM_WORLD, GridShape{2, 1, 2});
+  const int port = two_free_ports();
+  const std::string dir = temp_dir("ranges");
+  {
+    auto o = options(port, dir);
+    o.total_steps = 5;
+    o.profile_every = 2;
+    TrainingMonitor mon(o, grid);
+    const int r = world_rank();
+    for (int64_t s = 0; s < 5; ++s) {
+      EXPECT_EQ(mon.samples_step(s), s == 1 || s == 3) << s;
+      StepMetrics m = metrics_of(r, s);
+      if (mon.samples_step(s)) m.ranges = ranges_of(r, s);
+      mon.on_step(m);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (r == 0) {
+      const auto [s0, s1] = scrape_nodes(port);
+      ASSERT_FALSE(s0.empty() || s1.empty());
+      using dcf::test::find_sample;
+      EXPECT_EQ(*find_sample(s0, "dcformer_range_sample_step"), 4);
+      EXPECT_EQ(*find_sample(s1, "dcformer_range_sample_step"), 4);
+      for (int rank = 0; rank < 4; ++rank) {
+        const auto& mine = rank < 2 ? s0 : s1;
+        const auto& other = rank < 2 ? s1 : s0;
+        auto at = [&](const std::string& path) {
+          return find_sample(mine, "dcformer_rank_range_seconds", {{"rank", std::to_string(rank)}, {"range", path}});
+        };
+        ASSERT_TRUE(at("step")) << "rank " << rank;
+        EXPECT_DOUBLE_EQ(*at("step"), 1.0 + 0.1 * rank + 0.03);
+        EXPECT_DOUBLE_EQ(*at("step/forward"), 0.1 * (rank + 1) + 0.003);
+        ASSERT_TRUE(at("step/comm.all_reduce")) << "sampled at step 2";
+        EXPECT_EQ(*at("step/comm.all_reduce"), 0.0) << "not run in the last sampled step";
+        EXPECT_EQ(bool(at("step/backward/layer/attn.core.global")), rank == 3);
+        EXPECT_FALSE(find_sample(other, "dcformer_rank_range_seconds", {{"rank", std::to_string(rank)}}));
+      }
+      auto l3 = find_sample(s1, "dcformer_rank_range_seconds",
+                            {{"rank", "3"}, {"tp", "1"}, {"pp", "1"}, {"dp", "0"}, {"range", "step/backward/layer/attn.core.global"}});
+      ASSERT_TRUE(l3);
+      EXPECT_DOUBLE_EQ(*l3, 0.253);
+      const auto rows = read_rows(dir + "/metrics.jsonl");
+      ASSERT_EQ(rows.size(), 5u);
+      for (int64_t s = 0; s < 5; ++s) {
+        const auto& row = rows[size_t(s)];
+        ASSERT_EQ(row.contains("ranges_s"), s == 1 || s == 3) << "step " << s + 1;
+        if (!row.contains("ranges_s")) continue;
+        const auto want = ranges_of(0, s);
+        EXPECT_EQ(row["ranges_s"].size(), want.size());
+        for (const auto& [path, sec] : want) EXPECT_DOUBLE_EQ(row["ranges_s"][path].get<double>(), sec) << path;
       }
     }
     MPI_Barrier(MPI_COMM_WORLD);

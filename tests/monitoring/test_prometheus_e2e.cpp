@@ -40,7 +40,7 @@ std::string train_cmd(const fs::path& run_dir, int port, int64_t steps, int np) 
          kConfig + " --set data.train_path=" + kConfig + " --set run.steps=" + std::to_string(steps) +
          (np == 4 ? " --set parallel.pp=2 --set parallel.micro_batches=2" : "") +
          " --set monitoring.port=" + std::to_string(port) + " --set monitoring.log_every=1" +
-         " --set run.run_dir=" + run_dir.string();
+         " --set monitoring.profile_every=1 --set run.run_dir=" + run_dir.string();
 }
 
 // Prometheus HTTP API: GET /api/v1/<path>?query=<q>; the parsed "data" (fails the test on an error).
@@ -118,7 +118,8 @@ TEST(Prometheus, ScrapesTrainingJobAndMatchesMetricsJsonl) {
   while (since(t0) < 90) {
     ASSERT_TRUE(job.running()) << "the job ended early:\n" << read_file((dir / "job.log").string());
     first = http_get("127.0.0.1", port, "/metrics");
-    if (first.status == 200 && first.body.find("dcformer_step ") != std::string::npos) break;
+    // The sampled ranges' series appear with the first step (profile_every = 1), the others at start.
+    if (first.status == 200 && first.body.find("dcformer_rank_range_seconds{") != std::string::npos) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_EQ(first.status, 200) << read_file((dir / "job.log").string());

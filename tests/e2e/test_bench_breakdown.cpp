@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <sstream>
 
 #include "tests/e2e/run_util.h"
 
@@ -183,4 +184,36 @@ TEST(TrainSampledRanges, NegativeIntervalIsRefused) {
                        " --set data.format=SYNTHETIC --set run.steps=1 --set monitoring.profile_every=-1");
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("monitoring.profile_every: must be >= 0"), std::string::npos) << r.output;
+}
+
+// scripts/breakdown_compare.py over two training runs' metrics.jsonl: the dynamic-weight projection's rows
+// (forward and backward) hold time in the DCFormer++ run and none in the Transformer++ run, which has no
+// such phase.
+TEST(TrainSampledRanges, CompareScriptReadsTwoRuns) {
+  const auto base = std::filesystem::temp_directory_path() / ("dcf_cmp_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(base);
+  for (const char* kind : {"DCFORMER", "TRANSFORMER_PP"}) {
+    auto r = run_command(std::string(DCF_BINARY) + " train --config " + kTiny + " --set model.kind=" + kind +
+                         " --set data.format=SYNTHETIC --set run.steps=2 --set monitoring.profile_every=1"
+                         " --set run.run_dir=" + (base / kind).string());
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  auto r = run_command("python3 " + std::string(DCF_SOURCE_DIR) + "/scripts/breakdown_compare.py " +
+                       (base / "DCFORMER" / "metrics.jsonl").string() + " " +
+                       (base / "TRANSFORMER_PP" / "metrics.jsonl").string() + " --depth 4");
+  ASSERT_EQ(r.status, 0) << r.output;
+  int dynw_rows = 0;
+  std::istringstream in(r.output);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    std::string name;
+    double a = -1, b = -1;
+    if (!(f >> name >> a >> b) || name != "attn.dynw") continue;
+    ++dynw_rows;
+    EXPECT_GT(a, 0.0) << line;
+    EXPECT_EQ(b, 0.0) << line;
+  }
+  EXPECT_EQ(dynw_rows, 2) << r.output;
+  EXPECT_NE(r.output.find("DCFORMER: 2 sampled of 2 steps"), std::string::npos) << r.output;
+  std::filesystem::remove_all(base);
 }

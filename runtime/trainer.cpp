@@ -263,6 +263,7 @@ StepResult Trainer::step() {
   if (fail_rank_ == grid_.world_rank() && fail_step_ == step_ && fail_how_ == "kill") raise(SIGKILL);
   if (fail_rank_ == grid_.world_rank() && fail_step_ == step_)
     throw DcfError("injected failure on rank " + std::to_string(fail_rank_) + " at step " + std::to_string(step_));
+  DCF_RANGE("step");  // the root of a step's ranges (bench --breakdown, sampled training steps)
   StepResult r;
   r.step = step_;
   r.lr = lr_.at(step_);
@@ -357,10 +358,7 @@ std::vector<StepResult> Trainer::train(const std::function<void(const StepResult
   checkpoint_begin();
   while (step_ < cfg_.run().steps()) {
     if (before_step) before_step(step_);
-    {
-      DCF_RANGE("step");  // as `dcformer bench` names it: sampled steps' ranges read as the bench's do
-      out.push_back(step());
-    }
+    out.push_back(step());
     if (on_step) on_step(out.back());
     checkpoint_after_step();
   }

@@ -18,7 +18,6 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "kernels/error.h"
 #include "monitoring/exporter.h"
@@ -133,11 +132,8 @@ struct TrainingMonitor::Impl {
 
 std::vector<std::vector<std::pair<std::string, double>>> TrainingMonitor::Impl::gather_ranges(
     const std::vector<std::pair<std::string, double>>& mine) const {
-  // One line per range, "path<TAB>seconds" (range names are identifiers without tabs or newlines).
-  std::ostringstream os;
-  os.precision(9);
-  for (const auto& [path, sec] : mine) os << path << '\t' << sec << '\n';
-  const std::string text = os.str();
+  // Each rank's ranges as JSON text ([[path, seconds], ...]): lengths, then the texts, to the leader.
+  const std::string text = nlohmann::json(mine).dump();
   int len = int(text.size());
   std::vector<int> lens(size_t(node_rank == 0 ? node_size : 0)), displs;
   DCF_MPI(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, node.c));
@@ -148,15 +144,10 @@ std::vector<std::vector<std::pair<std::string, double>>> TrainingMonitor::Impl::
     all.resize(size_t(off));
   }
   DCF_MPI(MPI_Gatherv(text.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, 0, node.c));
-  std::vector<std::vector<std::pair<std::string, double>>> out(size_t(node_rank == 0 ? node_size : 0));
-  for (size_t i = 0; i < out.size(); ++i) {
-    std::istringstream is(all.substr(size_t(displs[i]), size_t(lens[i])));
-    std::string line;
-    while (std::getline(is, line)) {
-      const auto tab = line.find('\t');
-      if (tab != std::string::npos) out[i].emplace_back(line.substr(0, tab), std::strtod(line.c_str() + tab + 1, nullptr));
-    }
-  }
+  std::vector<std::vector<std::pair<std::string, double>>> out;
+  for (size_t i = 0; i < lens.size(); ++i)
+    out.push_back(nlohmann::json::parse(all.substr(size_t(displs[i]), size_t(lens[i])))
+                      .get<std::vector<std::pair<std::string, double>>>());
   return out;
 }
 

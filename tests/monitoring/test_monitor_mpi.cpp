@@ -287,15 +287,10 @@ TEST(MonitorMpi, PortZeroHasNoExporterButWritesMetrics) {
     for (int64_t s = 0; s < 3; ++s) mon.on_step(metrics_of(world_rank(), s));
   }
   if (world_rank() == 0) {
-    std::ifstream in(dir + "/metrics.jsonl");
-    std::string line;
-    int n = 0;
-    while (std::getline(in, line)) {
-      auto j = nlohmann::json::parse(line);
-      EXPECT_DOUBLE_EQ(j["rank_step_time_s"][3].get<double>(), metrics_of(3, n).step_time_s);
-      ++n;
-    }
-    EXPECT_EQ(n, 3);
+    const auto rows = read_rows(dir + "/metrics.jsonl");
+    for (size_t n = 0; n < rows.size(); ++n)
+      EXPECT_DOUBLE_EQ(rows[n]["rank_step_time_s"][3].get<double>(), metrics_of(3, int64_t(n)).step_time_s);
+    EXPECT_EQ(rows.size(), 3u);
     fs::remove_all(dir);
   }
 }

@@ -202,7 +202,8 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 
 // Per-thread view of one (16 query rows x 32 keys, all N heads) tile, shared by the forward and the
 // backward kernels. Warp (kwp, hw) holds the scores of keys [8 kwp, 8 kwp + 8) and heads
-// [8 hw, 8 hw + 8): x[h][e], cells e = (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1).
+// [HP hw, HP hw + HP): x[h][e], cells e = (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1). HP = 8 heads per warp
+// (every default build) or 4 (a timing-only backward: twice the warps, half the per-thread state).
 // Staged dynamic weights: qw [2][kBQ][WS] (branches 0, 2), kw [2][kBK][WS] (branches 1, 3); each row is
 // [a (I x N) | b (I x N) | g (N)], in bf16 (W = uint16_t, unpacked to fp32 at every use) or, where shared
 // memory allows, converted to fp32 when staged (W = float). red [NW][4][32] float4 exchanges the per-cell
@@ -218,30 +219,40 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // slice's exchange barrier is that mbarrier (exchange_sync): the slice's local threads arrive, one of them
 // expecting the peer's bytes. The two buffers must alternate strictly between consecutive Composes (a
 // CTA can be one Compose ahead of its peer, never two), and a pass boundary needs a cluster barrier.
-template <int N, class W = uint16_t, int NT = N>
+template <int N, class W = uint16_t, int NT = N, int HP_ = 8>
 struct Tile {
+  static constexpr int HP = HP_;           // heads per warp: 8, or 4 (timing builds, DCF_BWD_HP4)
+  static_assert(HP == 8 || HP == 4, "8 or 4 heads per warp");
   static constexpr bool F32 = std::is_same_v<W, float>;
   static_assert(F32 || std::is_same_v<W, uint16_t>, "staged weights are bf16 or fp32");
   static constexpr bool SPLIT = NT != N;
   static_assert(NT == N || NT == 2 * N, "a CTA holds all heads or half of them");
-  static constexpr int H = N / 8;          // head-warps per key slice (8 heads each)
+  static_assert(!SPLIT || HP == 8, "the head split has 8 heads per warp");
+  static constexpr int H = N / HP;         // head-warps per key slice (HP heads each)
   static constexpr int NW = 4 * H;         // warps
   static constexpr int THREADS = 32 * NW;  // = 16 N
   static constexpr int WN = (2 * kI + 1) * NT;
   // Staged weight row stride (elements): an odd number of 16-byte slots (WN / 4 is even for N % 8 == 0).
   static constexpr int WS = F32 ? WN + 4 : WN + 8;
   static constexpr int QP = WN / 8;  // 16-byte pieces of one token's branch weights (bf16, in global memory)
-  static constexpr int RED_BYTES = 4 * (NT / 8) * 32 * 16 * 4;  // a slot per head-warp of the CTA (or pair)
+  static constexpr int RED_BYTES = 4 * (NT / HP) * 32 * 16 * 4;  // a slot per head-warp of the CTA (or pair)
   static constexpr bool KMMA = DCF_KEY_MMA && N == 16 && !SPLIT;
   static_assert(N % 8 == 0, "N must be a multiple of 8");
 
-  // Eight staged weights (8 consecutive heads) as fp32.
-  static __device__ __forceinline__ void ld8(const W* p, float (&f)[8]) {
+  // The staged weights of this warp's HP consecutive heads as fp32.
+  static __device__ __forceinline__ void ld8(const W* p, float (&f)[HP]) {
     if constexpr (DCF_ABLATE_COMPOSE & 2) {
       (void)p;
       const float v = __uint_as_float((threadIdx.x & 0x3f0u) | 0x3c000000u);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) f[i] = v;
+      for (int i = 0; i < HP; ++i) f[i] = v;
+    } else if constexpr (HP == 4 && F32) {
+      const float4 lo = reinterpret_cast<const float4*>(p)[0];
+      f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w;
+    } else if constexpr (HP == 4) {
+      const uint2 u = *reinterpret_cast<const uint2*>(p);
+      f[0] = __uint_as_float(u.x << 16), f[1] = __uint_as_float(u.x & 0xffff0000u);
+      f[2] = __uint_as_float(u.y << 16), f[3] = __uint_as_float(u.y & 0xffff0000u);
     } else if constexpr (F32) {
       const float4 lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
       f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
@@ -292,7 +303,7 @@ struct Tile {
     }
   }
   // The warp's first head among the NT, and its exchange slot in red (kwp + 4 x its head-warp among NT / 8).
-  __device__ __forceinline__ int hbase() const { return SPLIT ? hs + 8 * hw : 8 * hw; }
+  __device__ __forceinline__ int hbase() const { return SPLIT ? hs + HP * hw : HP * hw; }
   __device__ __forceinline__ int xslot() const { return SPLIT ? warp + hs / 2 : warp; }
   static __device__ __forceinline__ uint32_t peer_addr(uint32_t a, uint32_t rank) {
     uint32_t r;
@@ -366,11 +377,11 @@ struct Tile {
   }
 
   // KMMA: what a lane needs for the B fragments, which carry one key's weights per column n = g (key
-  // 8 kwp + g of the tile): weight rows row0 and row0 + 1 of key g (this warp's 8 heads) into w0 and w1,
+  // 8 kwp + g of the tile): weight rows row0 and row0 + 1 of key g (this warp's HP heads) into w0 and w1,
   // and the prmt0 selectors s0 / s1. A lane's registers b0 (rows k = 2c, 2c + 1) and b1 (rows 2c + 8,
   // 2c + 9) are nonzero only where key g is 2c or 2c + 1 (g / 2 == c), at half g & 1: from the packed pair
   // (lo, hi) of two weights, b0 takes lo and b1 takes hi into that half.
-  __device__ __forceinline__ void key_b_setup(int slot, int row0, float (&w0)[8], float (&w1)[8], uint32_t& s0,
+  __device__ __forceinline__ void key_b_setup(int slot, int row0, float (&w0)[HP], float (&w1)[HP], uint32_t& s0,
                                               uint32_t& s1) const {
     const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();
     ld8(w + row0 * NT, w0);
@@ -379,17 +390,17 @@ struct Tile {
     s0 = !mine ? 0x4444u : hi ? 0x1044u : 0x4410u;
     s1 = !mine ? 0x4444u : hi ? 0x3244u : 0x4432u;
   }
-  // KMMA: the key-side partial reads over this warp's 8 heads (hp[e * 4 + r * 2 + 1]): for heads 2j, 2j + 1
+  // KMMA: the key-side partial reads over this warp's HP heads (hp[e * 4 + r * 2 + 1]): for heads 2j, 2j + 1
   // the two score fragments side by side are an A fragment (k = 8 (head & 1) + key), B_jr[k][n] = (key ==
   // n) a_k[n][r][2j + k / 8]; the four products per read land in the scores' own layout.
   template <bool F16>
-  __device__ __forceinline__ void key_reads_mma(const float (&x)[8][4], int slot, int roff, float (&hp)[16]) const {
-    float a0[8], a1[8];
+  __device__ __forceinline__ void key_reads_mma(const float (&x)[HP][4], int slot, int roff, float (&hp)[16]) const {
+    float a0[HP], a1[HP];
     uint32_t s0, s1;
     key_b_setup(slot, roff, a0, a1, s0, s1);
     float acc[2][4] = {};
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < HP / 2; ++j) {
       const uint32_t f0 = pack16<F16>(x[2 * j][0], x[2 * j][1]), f1 = pack16<F16>(x[2 * j][2], x[2 * j][3]);
       const uint32_t f2 = pack16<F16>(x[2 * j + 1][0], x[2 * j + 1][1]);
       const uint32_t f3 = pack16<F16>(x[2 * j + 1][2], x[2 * j + 1][3]);
@@ -403,22 +414,22 @@ struct Tile {
   // KMMA: the key-side writes, x_h += sum_r Rk_r diag(b_k[:, r, h]) with the total reads Rk_0, Rk_1 side by
   // side as the A fragment (k = 8 r + key) and B_h[k][n] = (key == n) b_k[n][r][h], into x_h's fragment.
   template <bool F16>
-  __device__ __forceinline__ void key_writes_mma(float (&x)[8][4], int slot, int woff, const float (&tot)[16]) const {
-    float b0[8], b1[8];
+  __device__ __forceinline__ void key_writes_mma(float (&x)[HP][4], int slot, int woff, const float (&tot)[16]) const {
+    float b0[HP], b1[HP];
     uint32_t s0, s1;
     key_b_setup(slot, woff, b0, b1, s0, s1);
     const uint32_t f0 = pack16<F16>(tot[1], tot[5]), f1 = pack16<F16>(tot[9], tot[13]);
     const uint32_t f2 = pack16<F16>(tot[3], tot[7]), f3 = pack16<F16>(tot[11], tot[15]);
 #pragma unroll
-    for (int h = 0; h < 8; ++h) {
+    for (int h = 0; h < HP; ++h) {
       const uint32_t p = pack16<F16>(b0[h], b1[h]);
       mma16<F16>(x[h], f0, f1, f2, f3, prmt0(p, s0), prmt0(p, s1));
     }
   }
-  // Partial reads of one Compose over this warp's 8 heads, weight rows roff .. roff + I - 1 of the
+  // Partial reads of one Compose over this warp's HP heads, weight rows roff .. roff + I - 1 of the
   // query-side and key-side weights of `slot` (0: pre, 1: post) -> red[xslot()][e][lane] = float4 (r*2 + {q, k}).
   // Forward Compose reads with a (roff = 0); its transpose reads dY with b (roff = I).
-  __device__ void partial_reads(const float (&x)[8][4], int slot, int roff, int rb) const {
+  __device__ void partial_reads(const float (&x)[HP][4], int slot, int roff, int rb) const {
     float hp[16];
     // side 0: query-side weights of row g + 8 o against the row's two cells; side 1: key-side weights
     // of key 2c + o against the key's two cells. Cell e, read r -> hp[e * 4 + r * 2 + side].
@@ -430,14 +441,14 @@ struct Tile {
                           : qw + (slot * kBQ + g + 8 * o) * WS + hbase();
 #pragma unroll
         for (int r = 0; r < kI; ++r) {
-          float aw[8];
+          float aw[HP];
           ld8(w + (roff + r) * NT, aw);
 #pragma unroll
           for (int p = 0; p < 2; ++p) {
             const int e = side ? 2 * p + o : 2 * o + p;
             float s = 0.f;
 #pragma unroll
-            for (int h = 0; h < 8; ++h) s = fmaf(aw[h], x[h][e], s);
+            for (int h = 0; h < HP; ++h) s = fmaf(aw[h], x[h][e], s);
             hp[e * 4 + r * 2 + side] = s;
           }
         }
@@ -489,7 +500,7 @@ struct Tile {
 #pragma unroll
     for (int i = 0; i < 16; ++i) tot[i] = 0.f;
 #pragma unroll
-    for (int h2 = 0; h2 < NT / 8; ++h2) {
+    for (int h2 = 0; h2 < NT / HP; ++h2) {
       const float4* src = reinterpret_cast<const float4*>(red_buf(rb)) + (h2 * 4 + kwp) * 128 + lane;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -503,12 +514,12 @@ struct Tile {
   }
   // Writes of one Compose for this warp's heads, in place on x: x (1 + g_q + g_k) + sum_r w_r * reads_r
   // with weight rows woff .. woff + I - 1 (forward: the b rows, woff = I; transpose: the a rows, 0).
-  __device__ void finish(float (&x)[8][4], int slot, int woff, const float (&tot)[16]) const {
+  __device__ void finish(float (&x)[HP][4], int slot, int woff, const float (&tot)[16]) const {
 #pragma unroll
     for (int ci = 0; ci < 2; ++ci) {
       const W* wk = kw + (slot * kBK + 8 * kwp + 2 * c + ci) * WS + hbase();
-      [[maybe_unused]] float bk0[8], bk1[8];
-      float gk[8];
+      [[maybe_unused]] float bk0[HP], bk1[HP];
+      float gk[HP];
       if constexpr (!KMMA) {
         ld8(wk + woff * NT, bk0);
         ld8(wk + (woff + 1) * NT, bk1);
@@ -517,14 +528,14 @@ struct Tile {
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
         const W* wq = qw + (slot * kBQ + g + 8 * ri) * WS + hbase();
-        float bq0[8], bq1[8], gq[8];
+        float bq0[HP], bq1[HP], gq[HP];
         ld8(wq + woff * NT, bq0);
         ld8(wq + (woff + 1) * NT, bq1);
         ld8(wq + 2 * kI * NT, gq);
         const int e = 2 * ri + ci;
         const float hq0 = tot[e * 4 + 0], hk0 = tot[e * 4 + 1], hq1 = tot[e * 4 + 2], hk1 = tot[e * 4 + 3];
 #pragma unroll
-        for (int h = 0; h < 8; ++h) {
+        for (int h = 0; h < HP; ++h) {
           float y = x[h][e] * (1.f + gq[h] + gk[h]);
           y = fmaf(bq0[h], hq0, y);
           y = fmaf(bq1[h], hq1, y);
@@ -549,7 +560,7 @@ struct Tile {
     __device__ void operator()(const float (&)[16]) const {}
   };
   template <class OnReads = NoReadsHook>
-  __device__ void compose(float (&x)[8][4], int slot, bool transpose, float (&tot)[16], int rb,
+  __device__ void compose(float (&x)[HP][4], int slot, bool transpose, float (&tot)[16], int rb,
                           OnReads&& on_reads = {}) const {
     partial_reads(x, slot, transpose ? kI : 0, rb);
     exchange_sync(rb);
@@ -578,8 +589,8 @@ __device__ __forceinline__ void cluster_sync() {
   cluster_wait();
 }
 
-template <int N, class W, int NT>
-__device__ void Tile<N, W, NT>::init_exchange() const {
+template <int N, class W, int NT, int HP_>
+__device__ void Tile<N, W, NT, HP_>::init_exchange() const {
   if constexpr (SPLIT) {
     if (tid < 8) asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mb + 8 * tid), "n"(32 * H) : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -608,8 +619,8 @@ __device__ __forceinline__ int tile_row0(unsigned x) {
 // the next tile's weights are fetched (cp.async) while the current one is processed and each tile costs
 // one barrier; otherwise the tile's weights are fetched and waited for between two barriers. The loop
 // starts with a barrier (every thread done with both buffers) and leaves no copy in flight.
-template <int N, class W, int NT, class Body>
-__device__ __forceinline__ void for_key_tiles(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi,
+template <int N, class W, int NT, int HP, class Body>
+__device__ __forceinline__ void for_key_tiles(const Tile<N, W, NT, HP>& tl, W* kw2, const bf16* dwb, int kstart, int khi,
                                               int nbr, int S, Body&& body) {
   if (kw2 == nullptr) {
     for (int kb = kstart; kb <= khi; kb += kBK) {
@@ -625,7 +636,7 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W, NT>& tl, W* kw2, 
   __syncthreads();
   tl.stage_key_weights(dwb, kstart, nbr, S, tl.kw);
   cp_async_commit();
-  Tile<N, W, NT> tk = tl;
+  Tile<N, W, NT, HP> tk = tl;
   W* next = kw2;
   for (int kb = kstart; kb <= khi; kb += kBK) {
     cp_async_wait_all();
@@ -634,7 +645,7 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W, NT>& tl, W* kw2, 
       tl.stage_key_weights(dwb, kb + kBK, nbr, S, next);
       cp_async_commit();
     }
-    body(static_cast<const Tile<N, W, NT>&>(tk), kb);
+    body(static_cast<const Tile<N, W, NT, HP>&>(tk), kb);
     W* cur = tk.kw;
     tk.kw = next;
     next = cur;
@@ -644,10 +655,10 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W, NT>& tl, W* kw2, 
 // The key-tile loop of a body that stages the next tile's key-side weights (both branches, fp32) into
 // tl.kw itself, at a point after the tile's last read of them and a barrier: each tile then costs one
 // barrier. The first tile's weights are staged here.
-template <int N, class W, int NT, class Body>
-__device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W, NT>& tl, const bf16* dwb, int kstart,
+template <int N, class W, int NT, int HP, class Body>
+__device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W, NT, HP>& tl, const bf16* dwb, int kstart,
                                                           int khi, int S, Body&& body) {
-  static_assert(Tile<N, W, NT>::F32, "synchronous staging");
+  static_assert(Tile<N, W, NT, HP>::F32, "synchronous staging");
   __syncthreads();  // every thread done with the previous loop's weights
   tl.stage_key_weights(dwb, kstart, 2, S, tl.kw);
   for (int kb = kstart; kb <= khi; kb += kBK) {
@@ -662,14 +673,14 @@ __device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W, NT>& 
 // eight rows), so both access patterns are bank-conflict free.
 __device__ __forceinline__ int qd_swz(int r) { return ((r & 1) << 2) | ((r >> 1) & 3); }
 
-// Scores of this warp's 8 heads for key tile kb: x[h] = A_rows[h] . B_keys[h]^T, with the B rows
+// Scores of this warp's HP heads for key tile kb: x[h] = A_rows[h] . B_keys[h]^T, with the B rows
 // (key-side: k or v, [keys][N][D] at the batch element, clamped to S - 1) and the A rows (query-side: q or
 // dO, rows clamped to R - 1 of the [rows][N][D] tensor at A) loaded straight from global memory. The
 // contraction index d is permuted identically on both sides (8 consecutive d per 16-byte load). Where the
 // A rows are staged in shared memory, load_key_frags + scores_staged below do the same.
-template <int N, int D, class W, int NT>
-__device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, int r0, int R, const bf16* B, int kb,
-                                              int S, const Tile<N, W, NT>& tl) {
+template <int N, int D, class W, int NT, int HP>
+__device__ __forceinline__ void scores_global(float (&x)[HP][4], const bf16* A, int r0, int R, const bf16* B, int kb,
+                                              int S, const Tile<N, W, NT, HP>& tl) {
   constexpr int NC = D / 32;
   const int ra = min(r0 + tl.g, R - 1), rb = min(r0 + tl.g + 8, R - 1);
   const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
@@ -677,7 +688,7 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
   const bf16* pb = A + (int64_t(rb) * NT + tl.hbase()) * D + 8 * tl.c;
   const bf16* pk = B + (int64_t(key) * NT + tl.hbase()) * D + 8 * tl.c;
 #pragma unroll
-  for (int h = 0; h < 8; ++h) {
+  for (int h = 0; h < HP; ++h) {
     x[h][0] = x[h][1] = x[h][2] = x[h][3] = 0.f;
 #pragma unroll
     for (int j = 0; j < NC; ++j) {
@@ -688,25 +699,25 @@ __device__ __forceinline__ void scores_global(float (&x)[8][4], const bf16* A, i
   }
 }
 
-// The B fragments of scores_global (key rows of k or v for this warp's 8 heads), loaded ahead of use, and
+// The B fragments of scores_global (key rows of k or v for this warp's HP heads), loaded ahead of use, and
 // the scores from them with the A rows from the staged block As (see qd_swz).
-template <int N, int D, class W, int NT>
-__device__ __forceinline__ void load_key_frags(uint4 (&kf)[8][D / 32], const bf16* B, int kb, int S,
-                                               const Tile<N, W, NT>& tl) {
+template <int N, int D, class W, int NT, int HP>
+__device__ __forceinline__ void load_key_frags(uint4 (&kf)[HP][D / 32], const bf16* B, int kb, int S,
+                                               const Tile<N, W, NT, HP>& tl) {
   const int key = min(kb + 8 * tl.kwp + tl.g, S - 1);
   const bf16* pk = B + (int64_t(key) * NT + tl.hbase()) * D + 8 * tl.c;
 #pragma unroll
-  for (int h = 0; h < 8; ++h)
+  for (int h = 0; h < HP; ++h)
 #pragma unroll
     for (int j = 0; j < D / 32; ++j) kf[h][j] = ldg16(pk + h * D + 32 * j);
 }
-template <int N, int D, class W, int NT>
-__device__ __forceinline__ void scores_staged(float (&x)[8][4], const uint4 (&kf)[8][D / 32], const Tile<N, W, NT>& tl,
-                                              const uint16_t* As) {
-  const uint16_t* ps = As + (8 * tl.hw * kBQ + tl.g) * D;
+template <int N, int D, class W, int NT, int HP>
+__device__ __forceinline__ void scores_staged(float (&x)[HP][4], const uint4 (&kf)[HP][D / 32],
+                                              const Tile<N, W, NT, HP>& tl, const uint16_t* As) {
+  const uint16_t* ps = As + (HP * tl.hw * kBQ + tl.g) * D;
   const int sw = qd_swz(tl.g);
 #pragma unroll
-  for (int h = 0; h < 8; ++h) {
+  for (int h = 0; h < HP; ++h) {
     x[h][0] = x[h][1] = x[h][2] = x[h][3] = 0.f;
 #pragma unroll
     for (int j = 0; j < D / 32; ++j) {
@@ -760,13 +771,13 @@ __device__ __forceinline__ void pair_pre(const Tile<N, W, NT>& tl, const Tile<N,
   tb.finish(xb, 0, kI, tt);
 }
 
-template <class OkFn>
-__device__ __forceinline__ void stats_update(const float (&x)[8][4], OkFn& ok, int kb, float (&mrow)[8][2],
-                                             float (&lrow)[8][2]) {
+template <int HP, class OkFn>
+__device__ __forceinline__ void stats_update(const float (&x)[HP][4], OkFn& ok, int kb, float (&mrow)[HP][2],
+                                             float (&lrow)[HP][2]) {
   bool okc[4];
   cell_mask(ok, kb, okc);
 #pragma unroll
-  for (int h = 0; h < 8; ++h)
+  for (int h = 0; h < HP; ++h)
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
       const float z0 = okc[2 * ri] ? x[h][2 * ri] : -INFINITY, z1 = okc[2 * ri + 1] ? x[h][2 * ri + 1] : -INFINITY;
@@ -783,32 +794,33 @@ __device__ __forceinline__ void stats_update(const float (&x)[8][4], OkFn& ok, i
 // `part` aliases red. Ends with st written and visible (barrier). With PAIR (the forward's PR build) the
 // key tiles go two per iteration through tl and *tb (pair_pre), an odd last one alone; kw2 must then be
 // null. stats_update adds one tile to this lane's running (max, sum) per head and row.
-template <int N, bool PAIR = false, class W, int NT, class ScoreFn, class OkFn>
-__device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
-                          ScoreFn scores, OkFn ok, float2* st, const Tile<N, W, NT>* tb = nullptr) {
-  float mrow[8][2], lrow[8][2];
+template <int N, bool PAIR = false, class W, int NT, int HP, class ScoreFn, class OkFn>
+__device__ void row_stats(const Tile<N, W, NT, HP>& tl, W* kw2, const bf16* dwb, int kstart, int khi, int S,
+                          ScoreFn scores, OkFn ok, float2* st, const Tile<N, W, NT, HP>* tb = nullptr) {
+  using Tl = Tile<N, W, NT, HP>;
+  float mrow[HP][2], lrow[HP][2];
 #pragma unroll
-  for (int h = 0; h < 8; ++h)
+  for (int h = 0; h < HP; ++h)
     for (int ri = 0; ri < 2; ++ri) mrow[h][ri] = -INFINITY, lrow[h][ri] = 0.f;
   int kb = kstart;
   if constexpr (PAIR)
     for (; kb + kBK <= khi; kb += 2 * kBK) {
-      float xa[8][4], xb[8][4];
+      float xa[HP][4], xb[HP][4];
       pair_pre(tl, *tb, dwb, kb, 1, S, scores, xa, xb);
       stats_update(xa, ok, kb, mrow, lrow);
       stats_update(xb, ok, kb + kBK, mrow, lrow);
     }
   if (!PAIR || kb <= khi)
-    for_key_tiles<N>(tl, kw2, dwb, kb, khi, 1, S, [&](const Tile<N, W, NT>& tk, int k1) {
-      float x[8][4], tot[16];
+    for_key_tiles<N>(tl, kw2, dwb, kb, khi, 1, S, [&](const Tl& tk, int k1) {
+      float x[HP][4], tot[16];
       scores(x, k1);
-      tk.compose(x, 0, false, tot, Tile<N, W, NT>::SPLIT ? (k1 / kBK) & 1 : 0);  // (a head split alternates)
+      tk.compose(x, 0, false, tot, Tl::SPLIT ? (k1 / kBK) & 1 : 0);  // (a head split alternates)
       stats_update(x, ok, k1, mrow, lrow);
     });
   float2* part = reinterpret_cast<float2*>(tl.red);  // [4][N][kBQ]
   __syncthreads();  // red is reused as part below
 #pragma unroll
-  for (int h = 0; h < 8; ++h)
+  for (int h = 0; h < HP; ++h)
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
       float m = mrow[h][ri], l = lrow[h][ri];
@@ -819,10 +831,10 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
         l = M == -INFINITY ? 0.f : l * __expf(m - M) + l2 * __expf(m2 - M);
         m = M;
       }
-      if (tl.c == 0) part[(tl.kwp * N + 8 * tl.hw + h) * kBQ + tl.g + 8 * ri] = make_float2(m, l);
+      if (tl.c == 0) part[(tl.kwp * N + HP * tl.hw + h) * kBQ + tl.g + 8 * ri] = make_float2(m, l);
     }
   __syncthreads();
-  for (int idx = tl.tid; idx < N * kBQ; idx += Tile<N, W, NT>::THREADS) {
+  for (int idx = tl.tid; idx < N * kBQ; idx += Tl::THREADS) {
     float M = -INFINITY;
 #pragma unroll
     for (int k4 = 0; k4 < 4; ++k4) M = fmaxf(M, part[k4 * N * kBQ + idx].x);
@@ -838,15 +850,16 @@ __device__ void row_stats(const Tile<N, W, NT>& tl, W* kw2, const bf16* dwb, int
 }
 
 // Softmax with the row statistics, in place on the pre-Composed logits: p = exp(z - m) / l, 0 where masked.
-template <int N, class W, int NT, class OkFn>
-__device__ __forceinline__ void probs(float (&x)[8][4], const Tile<N, W, NT>& tl, const float2* st, int kb, OkFn ok) {
+template <int N, class W, int NT, int HP, class OkFn>
+__device__ __forceinline__ void probs(float (&x)[HP][4], const Tile<N, W, NT, HP>& tl, const float2* st, int kb,
+                                      OkFn ok) {
   bool okc[4];
   cell_mask(ok, kb, okc);
 #pragma unroll
-  for (int h = 0; h < 8; ++h)
+  for (int h = 0; h < HP; ++h)
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
-      const float2 ml = st[(8 * tl.hw + h) * kBQ + tl.g + 8 * ri];
+      const float2 ml = st[(HP * tl.hw + h) * kBQ + tl.g + 8 * ri];
 #pragma unroll
       for (int ci = 0; ci < 2; ++ci) {
         const int e = 2 * ri + ci;
@@ -1115,7 +1128,7 @@ struct BwdMaps {
 // CL2: the 2-CTA cluster build (N16 D64, see above). Its P'/dA region is one [N][2 kBQ][PS] block (the
 // pair's dA on rank 0, the pair's P' on rank 1: the size of the one-CTA build's two [N][kBQ][PS] blocks),
 // and its output blocks are single (its shared memory holds a third staged Q/dO block instead).
-template <int N, int D, bool PF, bool CL2 = false, bool SPL = false>
+template <int N, int D, bool PF, bool CL2 = false, bool SPL = false, int HP = 8>
 struct BwdCfg {
   // SPL: the head split (N = 32): clusters of two CTAs over the same query rows, NL = N / 2 heads each.
   static constexpr int NL = SPL ? N / 2 : N;
@@ -1130,8 +1143,10 @@ struct BwdCfg {
   static constexpr bool F32W = QD_SMEM;
   static_assert(!SPL || (N == 32 && PF && !CL2), "the head split is the N32 builds' (with the prefetch)");
   using WT = std::conditional_t<F32W, float, uint16_t>;
-  using Tl = Tile<NL, WT, N>;
+  using Tl = Tile<NL, WT, N, HP>;
   static constexpr int NW = Tl::NW, WS = Tl::WS;
+  static constexpr int TC = NL / NW;  // heads per warp in the tensor-core stage
+  static_assert(TC == 2 || TC == 1, "one or two heads per warp in the tensor-core stage");
   static constexpr int PS = 40;  // row stride (bf16) of the staged P' and dA tiles: [N][kBQ][PS]
   static constexpr int QW_BYTES = 2 * kBQ * WS * int(sizeof(WT));
   static constexpr int KW_BYTES = 2 * kBK * WS * int(sizeof(WT));
@@ -1139,7 +1154,8 @@ struct BwdCfg {
   static constexpr int QACC_BYTES = 2 * 4 * kBQ * NL * 5 * 4;  // final query-side reduction, aliases P'/dA
   static_assert(QACC_BYTES <= 2 * PT_BYTES, "qacc alias");
   static_assert(Tl::RED_BYTES >= 4 * NL * kBQ * 8, "part alias");
-  static constexpr int CB = NL == 16 ? 64 : 32;  // d columns per tensor-core block
+  // d columns per tensor-core block (32 with four heads per warp: 16 warps' output blocks must fit)
+  static constexpr int CB = NL == 16 && HP == 8 ? 64 : 32;
   // Per warp: a bf16 16 x CB operand block (row stride SB; the dK/dV matmuls' Q or dO block, only where
   // those are not staged for the CTA), then one or two f32 16 x CB output blocks (row stride SF; two: a
   // block's bulk reduction may still be reading one while the next block is written to the other). The
@@ -1205,14 +1221,14 @@ __device__ __forceinline__ void rs_step(const float (&v)[M], float (&out)[M / 2]
   }
 }
 
-// The 40 partial sums (8 heads x da0, da1, db0, db1, dg) of this thread's two cells in query row o
+// The 5 HP partial sums (HP heads x da0, da1, db0, db1, dg) of this thread's two cells in query row o
 // (SIDE 0: cells e = 2 o + i, reads of the query-side weights) or in key column o (SIDE 1: e = 2 i + o,
 // key-side weights).
-template <int SIDE>
-__device__ __forceinline__ void grad_sums(const float (&x)[8][4], const float (&y)[8][4], const float (&hr)[16],
-                                          const float (&er)[16], int o, float (&v)[40]) {
+template <int SIDE, int HP>
+__device__ __forceinline__ void grad_sums(const float (&x)[HP][4], const float (&y)[HP][4], const float (&hr)[16],
+                                          const float (&er)[16], int o, float (&v)[5 * HP]) {
 #pragma unroll
-  for (int h = 0; h < 8; ++h) {
+  for (int h = 0; h < HP; ++h) {
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -1230,32 +1246,40 @@ __device__ __forceinline__ void grad_sums(const float (&x)[8][4], const float (&
 
 // The weight gradients of one Compose over this tile (dcmha.md §3.1): X its input, Y the gradient of its
 // output, hr the reads of X (a-weights) and er the back-reads of Y (b-weights), both in total_reads
-// layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * 10 + i] (row g + 8 ri,
-// head 8 hw + 4 (c&1) + 2 (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1, dg). Key side:
-// column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column, added to kws.
-template <int N, class W, int NT>
-__device__ __forceinline__ void compose_grads(const Tile<N, W, NT>& tl, const float (&x)[8][4], const float (&y)[8][4],
-                                              const float (&hr)[16], const float (&er)[16], float (&qacc)[20],
-                                              float* kws_b, int slot, int kb, int S) {
+// layout. Query side: row sums, reduce-scattered over the quad into qacc[ri * Q + i] (Q = 5 HP / 4; row
+// g + 8 ri, head HP hw + (HP/2) (c&1) + (HP/4) (c>>1) + i/5, gradient i%5 in the order da0, da1, db0, db1,
+// dg). Key side: column sums over the 16 rows, reduce-scattered over the 8 lanes of a key column (HP 4:
+// over 4 of them, the last pair summed), added to kws.
+template <int N, class W, int NT, int HP>
+__device__ __forceinline__ void compose_grads(const Tile<N, W, NT, HP>& tl, const float (&x)[HP][4],
+                                              const float (&y)[HP][4], const float (&hr)[16], const float (&er)[16],
+                                              float (&qacc)[5 * HP / 2], float* kws_b, int slot, int kb, int S) {
+  constexpr int V = 5 * HP, Q = V / 4;
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
-    float v[40], v2[20], v3[10];
+    float v[V], v2[V / 2], v3[Q];
     grad_sums<0>(x, y, hr, er, ri, v);
-    rs_step<40>(v, v2, tl.c & 1, 1);
-    rs_step<20>(v2, v3, (tl.c >> 1) & 1, 2);
+    rs_step<V>(v, v2, tl.c & 1, 1);
+    rs_step<V / 2>(v2, v3, (tl.c >> 1) & 1, 2);
 #pragma unroll
-    for (int i = 0; i < 10; ++i) qacc[ri * 10 + i] += v3[i];
+    for (int i = 0; i < Q; ++i) qacc[ri * Q + i] += v3[i];
   }
 #pragma unroll
   for (int ci = 0; ci < 2; ++ci) {
-    float v[40], v2[20], v3[10], v4[5];
+    float v[V], v2[V / 2], v3[Q], v4[5];
     grad_sums<1>(x, y, hr, er, ci, v);
-    rs_step<40>(v, v2, tl.g & 1, 4);
-    rs_step<20>(v2, v3, (tl.g >> 1) & 1, 8);
-    rs_step<10>(v3, v4, (tl.g >> 2) & 1, 16);
+    rs_step<V>(v, v2, tl.g & 1, 4);
+    rs_step<V / 2>(v2, v3, (tl.g >> 1) & 1, 8);
+    if constexpr (HP == 8) {
+      rs_step<Q>(v3, v4, (tl.g >> 2) & 1, 16);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 5; ++j) v4[j] = v3[j] + __shfl_xor_sync(0xffffffffu, v3[j], 16);
+    }
     const int key = kb + 8 * tl.kwp + 2 * tl.c + ci;
-    const int head = tl.hbase() + 4 * (tl.g & 1) + 2 * ((tl.g >> 1) & 1) + ((tl.g >> 2) & 1);
-    if (key < S) {
+    const int head = HP == 8 ? tl.hbase() + 4 * (tl.g & 1) + 2 * ((tl.g >> 1) & 1) + ((tl.g >> 2) & 1)
+                             : tl.hbase() + 2 * (tl.g & 1) + ((tl.g >> 1) & 1);
+    if (key < S && (HP == 8 || tl.g < 4)) {
       float* p = kws_b + (int64_t(key) * 2 + slot) * 5 * NT + head;
 #pragma unroll
       for (int j = 0; j < 5; ++j) atomicAdd(p + j * NT, v4[j]);
@@ -1307,16 +1331,18 @@ __device__ __forceinline__ uint32_t take_op_block(const OpBlocks& o, int i, int 
 // SPL: the N32 builds as clusters of two CTAs over the same 16 query rows, each for 16 of the 32 heads
 // (cluster rank r: heads 16 r .. 16 r + 15) and otherwise the N16 kernel: the Composes' per-cell reads
 // are exchanged through distributed shared memory (Tile), the rest is per head.
-template <int N, int D, int PROF, bool PF, bool CL2 = false, bool SPL = false>
-__global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
+template <int N, int D, int PROF, bool PF, bool CL2 = false, bool SPL = false, int HP = 8>
+__global__ void __launch_bounds__(SPL ? 8 * N : 128 * N / HP, 1)
     dcmha_fused_bwd_kernel(BwdArgs a, const __grid_constant__ BwdMaps maps) {
-  using C = BwdCfg<N, D, PF, CL2, SPL>;
+  using C = BwdCfg<N, D, PF, CL2, SPL, HP>;
   using Tl = typename C::Tl;
   using WT = typename C::WT;
   constexpr int NL = C::NL;  // heads of this CTA; N is the tensors' head count
   constexpr int THREADS = Tl::THREADS, NW = Tl::NW, PS = C::PS;
   constexpr int64_t WN = Tl::WN;
-  static_assert(NL / NW == 2, "two heads per warp in the tensor-core stage");
+  constexpr int TC = C::TC;  // heads per warp in the tensor-core stage
+  static_assert(!C::BA || TC == 2, "the operand blocks by cp.async assume two heads per warp");
+  constexpr int HPS = HP == 8 ? 3 : 2;  // log2(HP)
   extern __shared__ __align__(128) unsigned char smem[];
   const Tl tl(reinterpret_cast<WT*>(smem + C::OFF_QW), reinterpret_cast<WT*>(smem + C::OFF_KW),
                    reinterpret_cast<float*>(smem + C::OFF_RED),
@@ -1383,24 +1409,24 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   auto cell_ok = [&](int kb, int e) {
     return rowok[e >> 1] && allowed(tp[e >> 1], kb + 8 * kwp + 2 * c + (e & 1), W);
   };
-  auto qk_scores = [&](float (&x)[8][4], int kb) {
+  auto qk_scores = [&](float (&x)[HP][4], int kb) {
     if constexpr (C::QD_SMEM) {
-      uint4 kfr[8][D / 32];
+      uint4 kfr[HP][D / 32];
       load_key_frags<NL, D>(kfr, kb_, kb, S, tl);
       scores_staged<NL, D>(x, kfr, tl, qds);
     } else {
       scores_global<NL, D>(x, qb, t0, T, kb_, kb, S, tl);
     }
   };
-  auto dov_mask = [&](float (&x)[8][4], int kb) {
+  auto dov_mask = [&](float (&x)[HP][4], int kb) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const bool ok = cell_ok(kb, e);
 #pragma unroll
-      for (int h = 0; h < 8; ++h) x[h][e] = ok ? x[h][e] : 0.f;
+      for (int h = 0; h < HP; ++h) x[h][e] = ok ? x[h][e] : 0.f;
     }
   };
-  auto dov_scores = [&](float (&x)[8][4], int kb) {  // dP' = dO V^T, 0 on masked cells (without AHEAD)
+  auto dov_scores = [&](float (&x)[HP][4], int kb) {  // dP' = dO V^T, 0 on masked cells (without AHEAD)
     scores_global<NL, D>(x, dob, t0, T, vb, kb, S, tl);
     dov_mask(x, kb);
   };
@@ -1427,7 +1453,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // their latency overlaps a Compose.
   constexpr bool AHEAD = C::QD_SMEM;
   static_assert(!AHEAD || C::F32W, "the loads ahead stage the key-side weights as fp32");
-  uint4 kf[8][D / 32], vf[8][D / 32], kwr[Tl::KWR];
+  uint4 kf[HP][D / 32], vf[HP][D / 32], kwr[Tl::KWR];
   auto load_ahead = [&](int kb) {
     load_key_frags<NL, D>(kf, kb_, kb, S, tl);
     tl.load_key_weights(dwb, kb, S, kwr);
@@ -1435,11 +1461,11 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
 
   // ---- pass A: Delta = rowsum(P * dP).
   {
-    float dacc[8][2];
+    float dacc[HP][2];
 #pragma unroll
-    for (int h = 0; h < 8; ++h) dacc[h][0] = dacc[h][1] = 0.f;
+    for (int h = 0; h < HP; ++h) dacc[h][0] = dacc[h][1] = 0.f;
     auto tile_a = [&](const Tl& tk, int kb) {
-      float x[8][4], y[8][4], tot[16];
+      float x[HP][4], y[HP][4], tot[16];
       if constexpr (AHEAD) {
         scores_staged<NL, D>(x, kf, tl, qds);
         load_key_frags<NL, D>(vf, vb, kb, S, tl);
@@ -1458,7 +1484,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       tk.red_free();
       tk.compose(y, 1, true, tot, 1);  // dP
 #pragma unroll
-      for (int h = 0; h < 8; ++h)
+      for (int h = 0; h < HP; ++h)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[h][e >> 1] = fmaf(x[h][e], y[h][e], dacc[h][e >> 1]);
       if constexpr (AHEAD) {
@@ -1476,13 +1502,13 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     __syncthreads();
     float* part = tl.red;  // [4][N][kBQ]
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
+    for (int h = 0; h < HP; ++h)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
         float s = dacc[h][ri];
         s += __shfl_xor_sync(0xffffffffu, s, 1);
         s += __shfl_xor_sync(0xffffffffu, s, 2);
-        if (c == 0) part[(kwp * NL + 8 * hw + h) * kBQ + g + 8 * ri] = s;
+        if (c == 0) part[(kwp * NL + HP * hw + h) * kBQ + g + 8 * ri] = s;
       }
     __syncthreads();
     for (int idx = tid; idx < NL * kBQ; idx += THREADS)
@@ -1491,9 +1517,10 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   }
 
   // ---- pass C: all gradients.
-  float qacc[2][20];
+  constexpr int QA = 5 * HP / 2;  // query-side weight-gradient sums per lane and Compose
+  float qacc[2][QA];
 #pragma unroll
-  for (int i = 0; i < 20; ++i) qacc[0][i] = qacc[1][i] = 0.f;
+  for (int i = 0; i < QA; ++i) qacc[0][i] = qacc[1][i] = 0.f;
   constexpr int CB = C::CB, SB = C::SB, SF = C::SF;
   // B operand block of the dK/dV matmuls (without QD_SMEM or BA): rows [row0, row0 + 16) x columns
   // [d0, d0 + CB) of head n of a [rows][N][D] tensor -> scr_b [16][SB] (16-byte loads, rows past nrows
@@ -1552,12 +1579,12 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
     if constexpr (C::DBL_SCR) ob ^= 1;
   };
-  auto stage_tile = [&](bf16* dst, const float (&x)[8][4]) {
+  auto stage_tile = [&](bf16* dst, const float (&x)[HP][4]) {
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
+    for (int h = 0; h < HP; ++h)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri)
-        *reinterpret_cast<uint32_t*>(dst + ((8 * hw + h) * kBQ + g + 8 * ri) * PS + 8 * kwp + 2 * c) =
+        *reinterpret_cast<uint32_t*>(dst + ((HP * hw + h) * kBQ + g + 8 * ri) * PS + 8 * kwp + 2 * c) =
             pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
   };
   // CL2: P' or dA into the pair's [N][32][PS] block at base, a shared::cluster address (this CTA's
@@ -1565,14 +1592,14 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // to the peer are posted; the cluster barrier (B) of the tile orders them before the peer's reads, or
   // (C::BX, to_peer) they are st.async, each counting its 4 bytes on the peer's pair mbarrier.
   [[maybe_unused]] const uint32_t pmb = smem_u32(smem + C::OFF_PMB);  // C::BX: this CTA's pair mbarrier
-  auto stage_pair = [&](uint32_t base, const float (&x)[8][4], auto to_peer) {
+  auto stage_pair = [&](uint32_t base, const float (&x)[HP][4], auto to_peer) {
     [[maybe_unused]] uint32_t pmb_peer = 0;
     if constexpr (C::BX) pmb_peer = Tl::peer_addr(pmb, crank ^ 1u);
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
+    for (int h = 0; h < HP; ++h)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
-        const uint32_t adr = base + 2 * (((8 * hw + h) * 2 * kBQ + roff + g + 8 * ri) * PS + 8 * kwp + 2 * c);
+        const uint32_t adr = base + 2 * (((HP * hw + h) * 2 * kBQ + roff + g + 8 * ri) * PS + 8 * kwp + 2 * c);
         const uint32_t v = pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
         if constexpr (C::BX && decltype(to_peer)::value)
           asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n"
@@ -1585,7 +1612,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // thread) are the expected bytes of each phase of the pair mbarrier (one local arrival per phase, by thread
   // 0 once its own half is written); pair_wait(kb) waits for the phase of the tile at kb (the tiles run
   // from kstart_c in steps of kBK in both CTAs: phase parity = tile index & 1).
-  constexpr int PAIR_TX = THREADS * 16 * 4;
+  constexpr int PAIR_TX = THREADS * 2 * HP * 4;
   static_assert(!C::BX || AHEAD, "pair_wait's parity assumes pass C's tiles from kstart_c (the AHEAD loop)");
   auto pair_wait = [&](int kb) {
     const uint32_t par = uint32_t((kb - kstart_c) / kBK) & 1u;
@@ -1599,16 +1626,17 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // next tile's first Compose): the region of warp (kwp, hw) holds heads 8 hw .. + 7, rows 0-15, keys
   // 8 kwp .. + 7 as [head][row][8] (its last readers, the dP Compose's, are the warps of its own key slice,
   // which the dA Compose's barrier has passed). ldmatrix reads 8 x 8 blocks of it conflict-free.
-  auto stage_red = [&](const float (&x)[8][4]) {
-    unsigned char* base = reinterpret_cast<unsigned char*>(tl.red) + warp * 2048;
+  auto stage_red = [&](const float (&x)[HP][4]) {
+    unsigned char* base = reinterpret_cast<unsigned char*>(tl.red) + warp * (HP * 256);
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
+    for (int h = 0; h < HP; ++h)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri)
         *reinterpret_cast<uint32_t*>(base + (h * kBQ + g + 8 * ri) * 16 + 4 * c) =
             pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
   };
-  static_assert(!CL2 || Tl::RED_BYTES == NW * 2048, "own dA in exchange buffer 0");
+  static_assert(!CL2 || Tl::RED_BYTES >= NW * HP * 256, "own dA in exchange buffer 0");
+  static_assert(!CL2 || C::CB == D, "the pair's staged Q or dO blocks are addressed for CB = D");
   uint32_t pp_own = smem_u32(Pp), pp_peer = pp_own;
   if constexpr (CL2) pp_peer = Tl::peer_addr(pp_own, crank ^ 1u);
 
@@ -1616,17 +1644,17 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
   // Exchange buffers of the four Composes of a tile: 0 (Z), 1 (P'), 0 (dP), 1 (dA); buffer 1 aliases
   // the tensor-core scratch, whose bulk reads end (wait below) before the next tile's first barrier.
   auto tile_c = [&](const Tl& tk, int kb) {
-    float A[8][4], x[8][4], y[8][4], tpre[16], tpost[16], te[16];
+    float A[HP][4], x[HP][4], y[HP][4], tpre[16], tpost[16], te[16];
     if constexpr (AHEAD) scores_staged<NL, D>(A, kf, tl, qds);
     else qk_scores(A, kb);
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
+    for (int h = 0; h < HP; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) x[h][e] = A[h][e];
     tk.compose(x, 0, false, tpre, 0);  // Z
     probs<NL>(x, tk, st, kb, cell_ok);  // P
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
+    for (int h = 0; h < HP; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[h][e] = x[h][e];
     if constexpr (AHEAD) load_key_frags<NL, D>(vf, vb, kb, S, tl);
@@ -1652,9 +1680,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, x, y, tpost, er, qacc[1], kws_b, 1, kb, S);
     });
 #pragma unroll
-    for (int h = 0; h < 8; ++h)
+    for (int h = 0; h < HP; ++h)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(8 * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
+      for (int e = 0; e < 4; ++e) y[h][e] = x[h][e] * (y[h][e] - dl[(HP * hw + h) * kBQ + g + 8 * (e >> 1)]);  // dZ
     tk.red_free();
     tk.compose(y, 0, true, te, 1, [&](const float (&er)[16]) {  // dA
       if (kws_b && !(PROF & 2)) compose_grads<NL>(tk, A, y, tpre, er, qacc[0], kws_b, 0, kb, S);
@@ -1677,9 +1705,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
     }
     __syncthreads();
     if constexpr (AHEAD) load_ahead(kb + kBK);
-    // Tensor-core products of this tile, two heads per warp, in blocks of CB columns of d. CL2: first dQ
-    // for both heads (this CTA's dA only), then the wait for the peer's half (B), then dK or dV.
-    const int nit = (PROF & 1) ? 0 : CL2 ? 4 : 2;
+    // Tensor-core products of this tile, TC heads per warp, in blocks of CB columns of d. CL2: first dQ
+    // for the warp's heads (this CTA's dA only), then the wait for the peer's half (B), then dK or dV.
+    const int nit = (PROF & 1) ? 0 : CL2 ? 2 * TC : TC;
     if constexpr (CL2)
       if (nit == 0) {
         if constexpr (C::BX) pair_wait(kb);
@@ -1693,13 +1721,13 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
       if (nblk > 0) issue_op_block<N, D, CB, SB>({kb_, qb, dob, scr_b, kb, t0, S, T, hoff + 2 * warp}, 0, lane);
 #pragma unroll 1
     for (int it = 0; it < nit; ++it) {
-      if (CL2 && it == 2) {  // (B)
+      if (CL2 && it == TC) {  // (B)
         if constexpr (C::BX) pair_wait(kb);
         else cluster_wait();
       }
-      const int hh = it & 1;
-      const bool part_q = !CL2 || it < 2, part_kv = !CL2 || it >= 2;
-      const int n = 2 * warp + hh;
+      const int hh = TC == 2 ? it & 1 : 0;
+      const bool part_q = !CL2 || it < TC, part_kv = !CL2 || it >= TC;
+      const int n = TC * warp + hh;
       const bf16* dAn = dAs + n * kBQ * PS;
       const bf16* Ppn = Pp + n * kBQ * PS;
       // ldmatrix lane addresses: row (lane % 8) + 8 ((lane / 8) % 2), column 8 (lane / 16) of a 16 x 16
@@ -1781,8 +1809,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
           for (int kk = 0; kk < 2; ++kk) {
             uint32_t af[4];
             if constexpr (CL2)  // this CTA's dA from exchange buffer 0 (stage_red): key slice 2 kk + lane / 16
-              ldsm4(af, smem_u32(reinterpret_cast<unsigned char*>(tl.red) + (2 * kk + (lane >> 4) + 4 * (n >> 3)) * 2048 +
-                                 ((n & 7) * kBQ + lr) * 16));
+              ldsm4(af, smem_u32(reinterpret_cast<unsigned char*>(tl.red) +
+                                 (2 * kk + (lane >> 4) + 4 * (n >> HPS)) * (HP * 256) + ((n & (HP - 1)) * kBQ + lr) * 16));
             else
               ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
             if constexpr (C::QD_SMEM) {
@@ -1849,6 +1877,11 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
               for (int j = 0; j < CB / 16; ++j) bad[j] = sbad[j] + off;
             } else if constexpr (!C::QD_SMEM) {
               stage_b(which ? dob : qb, t0, T, n, cb);
+            } else if constexpr (CB < D) {  // the staged Q or dO columns [cb, cb + CB) (qdad: columns [0, CB))
+#pragma unroll
+              for (int j = 0; j < CB / 16; ++j)
+                bad[j] = smem_u32(qds + ((which * N + n) * kBQ + lr) * D +
+                                  8 * (((cb >> 3) + 2 * j + (lane >> 4)) ^ qd_swz(lr)));
             }
             const bf16* src = which ? Ppn : dAn;
             float* ws = (which ? a.dv : a.dk) + int64_t(b) * S * N * D;
@@ -1856,7 +1889,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
             for (int kk = 0; kk < 2; ++kk) {
               uint32_t af[4];
               ldsm4t(af, smem_u32(src + tr * PS + 16 * kk + tc));
-              if constexpr (C::BA) mma_block(acc, af, true, bad);
+              if constexpr (C::BA || (C::QD_SMEM && CB < D)) mma_block(acc, af, true, bad);
               else mma_block(acc, af, true, C::QD_SMEM ? qdad[which] : sbad);
               store_out(out_block(), acc);
               flush(ws, kb + 16 * kk, S, n, cb, 1 + which);
@@ -1901,9 +1934,9 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 16 * N, 1)
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri)
 #pragma unroll
-      for (int i = 0; i < 10; ++i) {
-        const int row = g + 8 * ri, head = 8 * hw + 4 * (c & 1) + 2 * ((c >> 1) & 1) + i / 5;
-        qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + i % 5] = qacc[cp][ri * 10 + i];
+      for (int i = 0; i < QA / 2; ++i) {
+        const int row = g + 8 * ri, head = HP * hw + (HP / 2) * (c & 1) + (HP / 4) * ((c >> 1) & 1) + i / 5;
+        qs[(((cp * 4 + kwp) * kBQ + row) * NL + head) * 5 + i % 5] = qacc[cp][ri * (QA / 2) + i];
       }
   __syncthreads();
   for (int idx = tid; idx < 2 * kBQ * NL * 5; idx += THREADS) {
@@ -1987,10 +2020,11 @@ void launch(const FusedArgs& a, int B, cudaStream_t st) {
 // with it (about 4 KB instead of 2), so it is off there. It is on by default for N16 D128 (N16 D64 uses
 // that shared memory for its staged Q and dO instead), and the N32 head split (N16 CTAs) turns it on.
 // The builds with bulk-tensor reductions (BwdCfg::TR) get their tensor maps here, the others none.
-template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false, bool SPL = false>
+template <int N, int D, int PROF = 0, bool PF = (N == 16 && D != 64), bool CL2 = false, bool SPL = false,
+          int HP = 8>
 void launch_bwd(const BwdArgs& a, int B, cudaStream_t st) {
-  using C = BwdCfg<N, D, PF, CL2, SPL>;
-  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2, SPL>;
+  using C = BwdCfg<N, D, PF, CL2, SPL, HP>;
+  auto kern = dcmha_fused_bwd_kernel<N, D, PROF, PF, CL2, SPL, HP>;
   BwdMaps maps{};
   if constexpr (C::TR) {
     encode_ws_map(&maps.tm[0], a.dq, B, a.T, N, D);
@@ -2017,7 +2051,8 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 // T 8192), the N16 D64 builds with the key-weight prefetch
 // (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2),
 // the N32 build that is not the default (one CTA of 512 threads for all heads, or the head split:
-// DCF_DCMHA_FUSED_N32_ALT=1, see n32_split) and the backward's ablations. The variables are read at every
+// DCF_DCMHA_FUSED_N32_ALT=1, see n32_split), the N16 D64 backward with four heads per warp (16 warps, one
+// CTA per SM at 128 registers, no cluster: DCF_DCMHA_FUSED_HP4=1) and the backward's ablations. The variables are read at every
 // call; setting one in a build without these kernels is an error rather than a silent fallback to the
 // default build.
 bool env_on(const char* name) {
@@ -2145,12 +2180,16 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.window = int(sh.window);
   const int B = int(sh.B);
   const bool pf = sh.N == 16 && sh.D == 64 && env_on("DCF_DCMHA_FUSED_PF");
-  if (ablate != 0 || pf) {
-    require_timing_builds(ablate != 0 ? "a backward ablation" : "DCF_DCMHA_FUSED_PF=1");
+  const bool hp4 = sh.N == 16 && sh.D == 64 && env_on("DCF_DCMHA_FUSED_HP4");
+  if (ablate != 0 || pf || hp4) {
+    require_timing_builds(ablate != 0 ? "a backward ablation" : pf ? "DCF_DCMHA_FUSED_PF=1" : "DCF_DCMHA_FUSED_HP4=1");
     DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 6, "dcmha_fused_backward: ablation ", ablate,
               " is not built (1-6, N16 D64 only)");
+    DCF_CHECK(!(pf && hp4) && !(hp4 && ablate != 0), "dcmha_fused_backward: DCF_DCMHA_FUSED_HP4=1 is built alone "
+              "(no prefetch, no ablation)");
 #if DCF_KERNEL_TIMING_BUILDS
-    if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, B, st);
+    if (hp4) launch_bwd<16, 64, 0, false, false, false, 4>(a, B, st);
+    else if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, B, st);
     else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, B, st);
     else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, B, st);
     else if (ablate == 4) launch_bwd<16, 64, 4, false, true>(a, B, st);

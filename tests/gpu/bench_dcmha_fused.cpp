@@ -189,6 +189,7 @@ int main(int argc, char** argv) {
       }
       if (timing && c.N == 16 && c.D == 64 && !fwd_only) {  // where the backward's time goes (timing-only builds)
         std::printf("  bwd ablations:");
+        double one_cta_b = 0;
         static const char* const names[] = {"", "no-tensor-core-stage", "no-weight-grads", "neither",
                                             "no-reductions", "one-cta-kernel", "no-delta-pass"};
         for (int ab : {1, 2, 3, 4, 5, 6}) {
@@ -196,13 +197,19 @@ int main(int argc, char** argv) {
               [&] { cuda::dcmha_fused_backward(sh, q, k, v, dw, dout, dq, dk, dv, ddw, cuda::current_stream(), ab); },
               reps);
           std::printf(" %s %.3f", names[ab], t);
+          if (ab == 5) one_cta_b = t;
         }
         setenv("DCF_DCMHA_FUSED_PF", "1", 1);
         const double pf_f = time_ms(run_fused, reps), pf_b = time_ms(run_fused_bwd, reps);
         unsetenv("DCF_DCMHA_FUSED_PF");
+        setenv("DCF_DCMHA_FUSED_HP4", "1", 1);
+        const double hp4_b = time_ms(run_fused_bwd, reps);
+        unsetenv("DCF_DCMHA_FUSED_HP4");
         std::printf(" (ms; full %.3f)\n  builds with the key-weight prefetch (bwd: Q and dO read from L2): fwd "
-                    "%.3f (default %.3f), bwd %.3f (default, Q and dO staged: %.3f)\n",
-                    fused_b, pf_f, fused, pf_b, fused_b);
+                    "%.3f (default %.3f), bwd %.3f (default, Q and dO staged: %.3f)\n"
+                    "  four heads per warp, 16 warps, one CTA per SM (DCF_DCMHA_FUSED_HP4=1): bwd %.3f (default %.3f, "
+                    "one-CTA kernel %.3f)\n",
+                    fused_b, pf_f, fused, pf_b, fused_b, hp4_b, fused_b, one_cta_b);
       }
     }
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "

@@ -6,8 +6,8 @@
 // accumulates into random initial gradients, as dcmha_backward's contract says. This process sets
 // DCF_DCMHA_IMPL=v1, so dcf::dcmha_forward runs the v1 path and the fused kernel is called directly. Seed
 // from the clock (printed); DCF_TEST_SEED=<n> repeats it. Skips with the driver's reason where no GPU is
-// usable. In timing builds (-DDCF_KERNEL_TIMING_BUILDS=ON) the N16 D64 forwards those builds add are
-// checked the same way.
+// usable. In timing builds (-DDCF_KERNEL_TIMING_BUILDS=ON) the N16 D64 forwards and backwards those builds
+// add are checked the same way.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -147,14 +147,17 @@ TEST_P(DcmhaFused, TimingBuildForwardsMatchCpuAndV1) {
   check_forward(c, kTimingForwards);
 }
 
+// The variables that select the timing-only N16 D64 backwards: four heads per warp (16 warps, one CTA per
+// SM) and the key-weight prefetch (Q and dO read from L2).
+const std::initializer_list<const char*> kTimingBackwards = {"DCF_DCMHA_FUSED_HP4", "DCF_DCMHA_FUSED_PF"};
+
 // Gradients: fused (through dcf::cuda::dcmha_fused_backward) vs the CPU f32 backward and vs v1, every
 // output (dq, dk, dv, ddw) by relative L2 error of the added amount. Bound: 3e-2, and at most twice the
-// v1 path's own error against the CPU (both round P' and dA to bf16 before their GEMMs).
-TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
+// v1 path's own error against the CPU (both round P' and dA to bf16 before their GEMMs). `var` selects a
+// timing-only backward build around the fused backward calls (nullptr: the default build).
+void check_backward(const Case& c, const char* var) {
   std::string why;
-  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
-  cuda::init();
-  const Case c = GetParam();
+  const std::string what = var ? var : "default build";
   std::mt19937_64 rng(seed() ^ uint64_t(c.T * 337 + c.N * 11 + c.D + c.window * 9001 + c.q_pos0 + 77));
   const DcmhaShape sh = shape_of(c);
   Pair q = random_pair(rng, {c.B, c.T, c.N, c.D}, 1.5 / std::sqrt(double(c.D)));
@@ -176,8 +179,10 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
 
   Tensor fu[4], v1[4];
   for (int i = 0; i < 4; ++i) fu[i] = g0[i].gpu.clone(), v1[i] = g0[i].gpu.clone();
+  if (var) setenv(var, "1", 1);
   cuda::dcmha_fused_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fu[0], fu[1], fu[2], fu[3],
                              cuda::current_stream());
+  if (var) unsetenv(var);
   dcmha_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, v1[0], v1[1], v1[2], v1[3]);  // v1
   // Again with the softmax statistics written by the fused forward (the backward skips its pass 1).
   Tensor st = Tensor::empty({c.B, c.T, c.N, 2}, DType::f32, q.gpu.device());
@@ -187,8 +192,10 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   shs.softmax_stats = st.data<float>();
   Tensor o = Tensor::empty(q.gpu.shape(), DType::bf16, q.gpu.device());
   cuda::dcmha_fused_forward(shs, q.gpu.raw(), k.gpu.raw(), v.gpu.raw(), dw.gpu.raw(), o.raw(), cuda::current_stream());
+  if (var) setenv(var, "1", 1);
   cuda::dcmha_fused_backward(shs, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fs[0], fs[1], fs[2], fs[3],
                              cuda::current_stream());
+  if (var) unsetenv(var);
   cuda::synchronize();
 
   const char* names[4] = {"dq", "dk", "dv", "ddw"};
@@ -206,17 +213,36 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
     const double e_stats = rel_err(as, ref[i], &nfs);
     int64_t dummy = 0;
     const double e_v1 = rel_err(af, av, &dummy);
-    std::cout << "[dcmha-fused-bwd] " << names[i] << " B" << c.B << " T" << c.T << " S" << c.S << " p" << c.q_pos0
+    std::cout << "[dcmha-fused-bwd] " << what << " " << names[i] << " B" << c.B << " T" << c.T << " S" << c.S << " p" << c.q_pos0
               << " N" << c.N << " D" << c.D << " W" << c.window << ": fused vs cpu " << e_cpu << ", fused vs v1 "
               << e_v1 << ", v1 vs cpu " << e_v1cpu << ", fused with forward statistics vs cpu " << e_stats
               << std::endl;
-    EXPECT_EQ(nf, 0) << names[i] << ": non-finite gradients";
-    EXPECT_EQ(nfs, 0) << names[i] << ": non-finite gradients (forward statistics)";
-    EXPECT_LE(e_stats, 3e-2) << names[i];
-    EXPECT_LE(e_stats, 2.0 * e_v1cpu + 1e-3) << names[i];
-    EXPECT_LE(e_cpu, 3e-2) << names[i];
-    EXPECT_LE(e_cpu, 2.0 * e_v1cpu + 1e-3) << names[i];
+    EXPECT_EQ(nf, 0) << what << " " << names[i] << ": non-finite gradients";
+    EXPECT_EQ(nfs, 0) << what << " " << names[i] << ": non-finite gradients (forward statistics)";
+    EXPECT_LE(e_stats, 3e-2) << what << " " << names[i];
+    EXPECT_LE(e_stats, 2.0 * e_v1cpu + 1e-3) << what << " " << names[i];
+    EXPECT_LE(e_cpu, 3e-2) << what << " " << names[i];
+    EXPECT_LE(e_cpu, 2.0 * e_v1cpu + 1e-3) << what << " " << names[i];
   }
+}
+
+TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
+  std::string why;
+  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
+  cuda::init();
+  check_backward(GetParam(), nullptr);
+}
+
+// The timing-only N16 D64 backwards (kTimingBackwards), checked as the default build is, one at a time.
+TEST_P(DcmhaFused, TimingBuildBackwardsMatchCpuAndV1) {
+  std::string why;
+  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
+  if (!cuda::dcmha_fused_timing_builds())
+    GTEST_SKIP() << "timing-only builds not compiled in (DCF_KERNEL_TIMING_BUILDS)";
+  const Case c = GetParam();
+  if (c.N != 16 || c.D != 64) GTEST_SKIP() << "the timing-only backwards are N16 D64 builds";
+  cuda::init();
+  for (const char* var : kTimingBackwards) check_backward(c, var);
 }
 
 // The timing-only builds (DCF_DCMHA_FUSED_OCC / _PAIR / _PF, backward ablations) are requests that must
@@ -257,9 +283,11 @@ TEST(DcmhaFusedTimingBuilds, RequestsFailWithoutTheOption) {
     EXPECT_NE(message_of(fwd).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << var;
     unsetenv(var);
   }
-  setenv("DCF_DCMHA_FUSED_PF", "1", 1);
-  EXPECT_NE(message_of(bwd(0)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos);
-  unsetenv("DCF_DCMHA_FUSED_PF");
+  for (const char* var : kTimingBackwards) {
+    setenv(var, "1", 1);
+    EXPECT_NE(message_of(bwd(0)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << var;
+    unsetenv(var);
+  }
   EXPECT_NE(message_of(bwd(1)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos);
   // Without the variables the default builds run.
   EXPECT_EQ(message_of(fwd), "no error");

@@ -652,15 +652,18 @@ __device__ __forceinline__ void for_key_tiles(const Tile<N, W, NT, HP>& tl, W* k
   }
 }
 
-// The key-tile loop of a body that stages the next tile's key-side weights (both branches, fp32) into
+// The key-tile loop of a body that stages the next tile's key-side weights (both branches) into
 // tl.kw itself, at a point after the tile's last read of them and a barrier: each tile then costs one
 // barrier. The first tile's weights are staged here.
 template <int N, class W, int NT, int HP, class Body>
 __device__ __forceinline__ void for_key_tiles_self_staged(const Tile<N, W, NT, HP>& tl, const bf16* dwb, int kstart,
                                                           int khi, int S, Body&& body) {
-  static_assert(Tile<N, W, NT, HP>::F32, "synchronous staging");
   __syncthreads();  // every thread done with the previous loop's weights
   tl.stage_key_weights(dwb, kstart, 2, S, tl.kw);
+  if constexpr (!Tile<N, W, NT, HP>::F32) {  // bf16: staged by cp.async
+    cp_async_commit();
+    cp_async_wait_all();
+  }
   for (int kb = kstart; kb <= khi; kb += kBK) {
     __syncthreads();  // this tile's weights visible
     body(tl, kb);
@@ -1138,9 +1141,10 @@ struct BwdCfg {
   // - QD_SMEM: the CTA's Q and dO rows (2 x 16 rows x N x D bf16, 64 KiB) are staged once (swizzled, see
   //   qd_swz) and feed the score matmuls (QK^T, dO V^T: A operands shared by the 4 key-warps) and the
   //   dK/dV matmuls of every key tile, instead of being re-read from L2 five times per tile;
-  // - F32W: the dynamic weights are staged as fp32 (the others keep bf16).
+  // - F32W: the dynamic weights are staged as fp32 (the others keep bf16; so does the cluster build
+  //   with four heads per warp, whose shared memory has no room for fp32 weights).
   static constexpr bool QD_SMEM = N == 16 && D == 64 && !PF;
-  static constexpr bool F32W = QD_SMEM;
+  static constexpr bool F32W = QD_SMEM && !(CL2 && HP == 4);
   static_assert(!SPL || (N == 32 && PF && !CL2), "the head split is the N32 builds' (with the prefetch)");
   using WT = std::conditional_t<F32W, float, uint16_t>;
   using Tl = Tile<NL, WT, N, HP>;
@@ -1452,7 +1456,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 128 * N / HP, 1)
   // loaded early in their own tile (pass A: right after QK^T; pass C: before the P' Compose), so that
   // their latency overlaps a Compose.
   constexpr bool AHEAD = C::QD_SMEM;
-  static_assert(!AHEAD || C::F32W, "the loads ahead stage the key-side weights as fp32");
+  // (The loads ahead go through registers: load_key_weights / store_key_weights, fp32 or bf16.)
   uint4 kf[HP][D / 32], vf[HP][D / 32], kwr[Tl::KWR];
   auto load_ahead = [&](int kb) {
     load_key_frags<NL, D>(kf, kb_, kb, S, tl);
@@ -1623,11 +1627,12 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 128 * N / HP, 1)
                    : "=r"(done) : "r"(pmb), "r"(par) : "memory");
   };
   // CL2: this CTA's dA for its own dQ, in exchange buffer 0 (free from the dA Compose's barrier to the
-  // next tile's first Compose): the region of warp (kwp, hw) holds heads 8 hw .. + 7, rows 0-15, keys
-  // 8 kwp .. + 7 as [head][row][8] (its last readers, the dP Compose's, are the warps of its own key slice,
-  // which the dA Compose's barrier has passed). ldmatrix reads 8 x 8 blocks of it conflict-free.
+  // next tile's first Compose): the warp's own exchange slot (2048 bytes at warp (kwp, hw)) holds heads
+  // HP hw .. + HP - 1, rows 0-15, keys 8 kwp .. + 7 as [head][row][8] (its last readers, the dP Compose's,
+  // are the warps of its own key slice, which the dA Compose's barrier has passed). ldmatrix reads 8 x 8
+  // blocks of it conflict-free.
   auto stage_red = [&](const float (&x)[HP][4]) {
-    unsigned char* base = reinterpret_cast<unsigned char*>(tl.red) + warp * (HP * 256);
+    unsigned char* base = reinterpret_cast<unsigned char*>(tl.red) + warp * 2048;
 #pragma unroll
     for (int h = 0; h < HP; ++h)
 #pragma unroll
@@ -1635,8 +1640,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 128 * N / HP, 1)
         *reinterpret_cast<uint32_t*>(base + (h * kBQ + g + 8 * ri) * 16 + 4 * c) =
             pack_bf16(x[h][2 * ri], x[h][2 * ri + 1]);
   };
-  static_assert(!CL2 || Tl::RED_BYTES >= NW * HP * 256, "own dA in exchange buffer 0");
-  static_assert(!CL2 || C::CB == D, "the pair's staged Q or dO blocks are addressed for CB = D");
+  static_assert(!CL2 || (Tl::RED_BYTES == NW * 2048 && HP * 256 <= 2048), "own dA in exchange buffer 0");
   uint32_t pp_own = smem_u32(Pp), pp_peer = pp_own;
   if constexpr (CL2) pp_peer = Tl::peer_addr(pp_own, crank ^ 1u);
 
@@ -1810,7 +1814,7 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 128 * N / HP, 1)
             uint32_t af[4];
             if constexpr (CL2)  // this CTA's dA from exchange buffer 0 (stage_red): key slice 2 kk + lane / 16
               ldsm4(af, smem_u32(reinterpret_cast<unsigned char*>(tl.red) +
-                                 (2 * kk + (lane >> 4) + 4 * (n >> HPS)) * (HP * 256) + ((n & (HP - 1)) * kBQ + lr) * 16));
+                                 (2 * kk + (lane >> 4) + 4 * (n >> HPS)) * 2048 + ((n & (HP - 1)) * kBQ + lr) * 16));
             else
               ldsm4(af, smem_u32(dAn + lr * PS + 16 * kk + lc));
             if constexpr (C::QD_SMEM) {
@@ -1852,7 +1856,8 @@ __global__ void __launch_bounds__(SPL ? 8 * N : 128 * N / HP, 1)
             const int blk = 16 * j2 == roff ? (role_k ? 0 : 1) : 2;
 #pragma unroll
             for (int j = 0; j < CB / 16; ++j)
-              pad[j2][j] = smem_u32(qds + ((blk * N + n) * kBQ + lr) * D + 8 * ((2 * j + (lane >> 4)) ^ qd_swz(lr)));
+              pad[j2][j] = smem_u32(qds + ((blk * N + n) * kBQ + lr) * D +
+                                    8 * (((CB < D ? cb >> 3 : 0) + 2 * j + (lane >> 4)) ^ qd_swz(lr)));
           }
 #pragma unroll
           for (int kk = 0; kk < 2; ++kk) {
@@ -2052,7 +2057,8 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 // (DCF_DCMHA_FUSED_PF=1: forward with the second exchange buffer, backward with Q and dO read from L2),
 // the N32 build that is not the default (one CTA of 512 threads for all heads, or the head split:
 // DCF_DCMHA_FUSED_N32_ALT=1, see n32_split), the N16 D64 backward with four heads per warp (16 warps, one
-// CTA per SM at 128 registers, no cluster: DCF_DCMHA_FUSED_HP4=1) and the backward's ablations. The variables are read at every
+// CTA per SM at 128 registers: DCF_DCMHA_FUSED_HP4=1 alone, =2 in clusters of two with bf16 staged weights)
+// and the backward's ablations. The variables are read at every
 // call; setting one in a build without these kernels is an error rather than a silent fallback to the
 // default build.
 bool env_on(const char* name) {
@@ -2062,6 +2068,14 @@ bool env_on(const char* name) {
 void require_timing_builds(const char* what) {
   DCF_CHECK(DCF_KERNEL_TIMING_BUILDS, what, " selects a timing-only kernel build; configure with "
             "-DDCF_KERNEL_TIMING_BUILDS=ON");
+}
+// The N16 D64 backward with four heads per warp that DCF_DCMHA_FUSED_HP4 asks for: 0 (unset or 0: the
+// default build), 1 (one CTA of 16 warps per SM), 2 (the same in clusters of two, as the default build).
+int hp4_build() {
+  const char* v = std::getenv("DCF_DCMHA_FUSED_HP4");
+  if (!v || !v[0] || (v[0] == '0' && !v[1])) return 0;
+  DCF_CHECK((v[0] == '1' || v[0] == '2') && !v[1], "DCF_DCMHA_FUSED_HP4=", v, " is not 0, 1 or 2");
+  return v[0] - '0';
 }
 // Whether an N32 call runs the head split: the default build (DCF_N32_SPLIT_DEFAULT), or the other one
 // where DCF_DCMHA_FUSED_N32_ALT=1 asks for it (a timing-only build).
@@ -2180,15 +2194,16 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
   a.window = int(sh.window);
   const int B = int(sh.B);
   const bool pf = sh.N == 16 && sh.D == 64 && env_on("DCF_DCMHA_FUSED_PF");
-  const bool hp4 = sh.N == 16 && sh.D == 64 && env_on("DCF_DCMHA_FUSED_HP4");
+  const int hp4 = sh.N == 16 && sh.D == 64 ? hp4_build() : 0;
   if (ablate != 0 || pf || hp4) {
-    require_timing_builds(ablate != 0 ? "a backward ablation" : pf ? "DCF_DCMHA_FUSED_PF=1" : "DCF_DCMHA_FUSED_HP4=1");
+    require_timing_builds(ablate != 0 ? "a backward ablation" : pf ? "DCF_DCMHA_FUSED_PF=1" : "DCF_DCMHA_FUSED_HP4");
     DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 6, "dcmha_fused_backward: ablation ", ablate,
               " is not built (1-6, N16 D64 only)");
     DCF_CHECK(!(pf && hp4) && !(hp4 && ablate != 0), "dcmha_fused_backward: DCF_DCMHA_FUSED_HP4=1 is built alone "
               "(no prefetch, no ablation)");
 #if DCF_KERNEL_TIMING_BUILDS
-    if (hp4) launch_bwd<16, 64, 0, false, false, false, 4>(a, B, st);
+    if (hp4 == 2) launch_bwd<16, 64, 0, false, true, false, 4>(a, B, st);
+    else if (hp4 == 1) launch_bwd<16, 64, 0, false, false, false, 4>(a, B, st);
     else if (ablate == 1) launch_bwd<16, 64, 1, false, true>(a, B, st);
     else if (ablate == 2) launch_bwd<16, 64, 2, false, true>(a, B, st);
     else if (ablate == 3) launch_bwd<16, 64, 3, false, true>(a, B, st);

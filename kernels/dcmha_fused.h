@@ -30,8 +30,8 @@ bool dcmha_fused_backward_supported(const DcmhaShape& sh, const Tensor& q, const
 
 // Whether the timing-only kernel builds are compiled in (CMake option DCF_KERNEL_TIMING_BUILDS): the
 // backward's ablations below and the builds that DCF_DCMHA_FUSED_OCC=1 / DCF_DCMHA_FUSED_PAIR=1 /
-// DCF_DCMHA_FUSED_PF=1 / DCF_DCMHA_FUSED_HP4=1 (the backward with four heads per warp) select (N16 D64, for
-// benchmarks); without them those requests are errors.
+// DCF_DCMHA_FUSED_PF=1 / DCF_DCMHA_FUSED_HP4=1 or 2 (the backward with four heads per warp, alone or in
+// clusters of two) select (N16 D64, for benchmarks); without them those requests are errors.
 bool dcmha_fused_timing_builds();
 
 // Adds the gradients of o = DCMHA(q, k, v, dw) given dout into dq, dk, dv and (if defined) ddw, all bf16;

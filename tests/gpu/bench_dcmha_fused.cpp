@@ -204,12 +204,14 @@ int main(int argc, char** argv) {
         unsetenv("DCF_DCMHA_FUSED_PF");
         setenv("DCF_DCMHA_FUSED_HP4", "1", 1);
         const double hp4_b = time_ms(run_fused_bwd, reps);
+        setenv("DCF_DCMHA_FUSED_HP4", "2", 1);
+        const double hp4c_b = time_ms(run_fused_bwd, reps);
         unsetenv("DCF_DCMHA_FUSED_HP4");
         std::printf(" (ms; full %.3f)\n  builds with the key-weight prefetch (bwd: Q and dO read from L2): fwd "
                     "%.3f (default %.3f), bwd %.3f (default, Q and dO staged: %.3f)\n"
-                    "  four heads per warp, 16 warps, one CTA per SM (DCF_DCMHA_FUSED_HP4=1): bwd %.3f (default %.3f, "
-                    "one-CTA kernel %.3f)\n",
-                    fused_b, pf_f, fused, pf_b, fused_b, hp4_b, fused_b, one_cta_b);
+                    "  four heads per warp, 16 warps, one CTA per SM (DCF_DCMHA_FUSED_HP4=1 alone, =2 in clusters of two): "
+                    "bwd %.3f, %.3f (default, clusters: %.3f; one-CTA kernel %.3f)\n",
+                    fused_b, pf_f, fused, pf_b, fused_b, hp4_b, hp4c_b, fused_b, one_cta_b);
       }
     }
     std::printf("ms, median; _f forward, _b backward (recomputing the softmax statistics), _fb forward + backward (the "

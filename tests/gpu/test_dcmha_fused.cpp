@@ -147,17 +147,23 @@ TEST_P(DcmhaFused, TimingBuildForwardsMatchCpuAndV1) {
   check_forward(c, kTimingForwards);
 }
 
-// The variables that select the timing-only N16 D64 backwards: four heads per warp (16 warps, one CTA per
-// SM) and the key-weight prefetch (Q and dO read from L2).
-const std::initializer_list<const char*> kTimingBackwards = {"DCF_DCMHA_FUSED_HP4", "DCF_DCMHA_FUSED_PF"};
+// The settings that select the timing-only N16 D64 backwards: four heads per warp (16 warps, one CTA per
+// SM; alone or in clusters of two) and the key-weight prefetch (Q and dO read from L2).
+struct Selector {
+  const char* var;
+  const char* value;
+};
+const std::initializer_list<Selector> kTimingBackwards = {
+    {"DCF_DCMHA_FUSED_HP4", "1"}, {"DCF_DCMHA_FUSED_HP4", "2"}, {"DCF_DCMHA_FUSED_PF", "1"}};
 
 // Gradients: fused (through dcf::cuda::dcmha_fused_backward) vs the CPU f32 backward and vs v1, every
 // output (dq, dk, dv, ddw) by relative L2 error of the added amount. Bound: 3e-2, and at most twice the
-// v1 path's own error against the CPU (both round P' and dA to bf16 before their GEMMs). `var` selects a
-// timing-only backward build around the fused backward calls (nullptr: the default build).
-void check_backward(const Case& c, const char* var) {
+// v1 path's own error against the CPU (both round P' and dA to bf16 before their GEMMs). `sel` selects a
+// timing-only backward build around the fused backward calls (var nullptr: the default build).
+void check_backward(const Case& c, Selector sel) {
   std::string why;
-  const std::string what = var ? var : "default build";
+  const char* var = sel.var;
+  const std::string what = var ? std::string(var) + "=" + sel.value : "default build";
   std::mt19937_64 rng(seed() ^ uint64_t(c.T * 337 + c.N * 11 + c.D + c.window * 9001 + c.q_pos0 + 77));
   const DcmhaShape sh = shape_of(c);
   Pair q = random_pair(rng, {c.B, c.T, c.N, c.D}, 1.5 / std::sqrt(double(c.D)));
@@ -179,7 +185,7 @@ void check_backward(const Case& c, const char* var) {
 
   Tensor fu[4], v1[4];
   for (int i = 0; i < 4; ++i) fu[i] = g0[i].gpu.clone(), v1[i] = g0[i].gpu.clone();
-  if (var) setenv(var, "1", 1);
+  if (var) setenv(var, sel.value, 1);
   cuda::dcmha_fused_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fu[0], fu[1], fu[2], fu[3],
                              cuda::current_stream());
   if (var) unsetenv(var);
@@ -192,7 +198,7 @@ void check_backward(const Case& c, const char* var) {
   shs.softmax_stats = st.data<float>();
   Tensor o = Tensor::empty(q.gpu.shape(), DType::bf16, q.gpu.device());
   cuda::dcmha_fused_forward(shs, q.gpu.raw(), k.gpu.raw(), v.gpu.raw(), dw.gpu.raw(), o.raw(), cuda::current_stream());
-  if (var) setenv(var, "1", 1);
+  if (var) setenv(var, sel.value, 1);
   cuda::dcmha_fused_backward(shs, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fs[0], fs[1], fs[2], fs[3],
                              cuda::current_stream());
   if (var) unsetenv(var);
@@ -230,7 +236,7 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   std::string why;
   if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
   cuda::init();
-  check_backward(GetParam(), nullptr);
+  check_backward(GetParam(), {nullptr, nullptr});
 }
 
 // The timing-only N16 D64 backwards (kTimingBackwards), checked as the default build is, one at a time.
@@ -242,7 +248,7 @@ TEST_P(DcmhaFused, TimingBuildBackwardsMatchCpuAndV1) {
   const Case c = GetParam();
   if (c.N != 16 || c.D != 64) GTEST_SKIP() << "the timing-only backwards are N16 D64 builds";
   cuda::init();
-  for (const char* var : kTimingBackwards) check_backward(c, var);
+  for (const Selector& sel : kTimingBackwards) check_backward(c, sel);
 }
 
 // The timing-only builds (DCF_DCMHA_FUSED_OCC / _PAIR / _PF, backward ablations) are requests that must
@@ -283,10 +289,10 @@ TEST(DcmhaFusedTimingBuilds, RequestsFailWithoutTheOption) {
     EXPECT_NE(message_of(fwd).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << var;
     unsetenv(var);
   }
-  for (const char* var : kTimingBackwards) {
-    setenv(var, "1", 1);
-    EXPECT_NE(message_of(bwd(0)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << var;
-    unsetenv(var);
+  for (const Selector& sel : kTimingBackwards) {
+    setenv(sel.var, sel.value, 1);
+    EXPECT_NE(message_of(bwd(0)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos) << sel.var << "=" << sel.value;
+    unsetenv(sel.var);
   }
   EXPECT_NE(message_of(bwd(1)).find("DCF_KERNEL_TIMING_BUILDS"), std::string::npos);
   // Without the variables the default builds run.

@@ -242,15 +242,16 @@ CommandRunner add_bench_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("bench", "time training steps of a config (tokens/s, TFLOP/s, MFU, memory)");
   sub->add_option("--config", opt->config, "textproto config file")->required();
   sub->add_option("--set", opt->sets, "override a field: section.field=value (repeatable)");
-  sub->add_option("--warmup", opt->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
-  sub->add_option("--steps", opt->steps, "timed steps")->check(CLI::PositiveNumber);
-  sub->add_option("--peak-tflops", opt->peak_tflops, "device peak for MFU (default: by device and precision)");
+  sub->add_option("--warmup", opt->warmup, "untimed steps first")->check(integer_at_least(0));
+  sub->add_option("--steps", opt->steps, "timed steps")->check(integer_at_least(1));
+  sub->add_option("--peak-tflops", opt->peak_tflops, "device peak for MFU (default: by device and precision)")
+      ->check(number_above(0));
   sub->add_flag("--json", opt->json, "print one JSON object");
   sub->add_flag("--real-data", opt->real_data, "read the config's data instead of synthetic tokens");
   sub->add_flag("--breakdown", opt->breakdown,
                 "then as many steps again with every named range timed; print the median per range");
   sub->add_option("--breakdown-rank", opt->breakdown_rank, "the rank whose ranges --breakdown reports (default 0)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0));
   return [opt]() { return run_bench(*opt); };
 }
 

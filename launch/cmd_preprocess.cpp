@@ -15,12 +15,13 @@ CommandRunner add_preprocess_command(CLI::App& app) {
   cmd->add_option("--input", opt->inputs, "Input files (.jsonl or .jsonl.zst), read in this order")->required()->expected(1, -1);
   cmd->add_option("--tokenizer", opt->tokenizer, "tokenizer.json, or a directory with encoder.json + vocab.bpe")->required();
   cmd->add_option("--output-prefix", opt->output_prefix, "Writes <prefix>.bin and <prefix>.idx")->required();
-  cmd->add_option("--workers", opt->workers, "Tokenizer threads (0: one per hardware thread)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--workers", opt->workers, "Tokenizer threads (0: one per hardware thread)")->check(integer_at_least(0));
   cmd->add_flag("--strict", opt->strict, "Stop at the first malformed line instead of skipping it");
   cmd->add_option("--json-key", opt->json_key, "JSON field holding the text")->capture_default_str();
   cmd->add_flag("!--no-eod", opt->append_eod, "Do not append the end-of-document token");
   cmd->add_option("--progress-interval", opt->progress_interval_s, "Seconds between progress lines (0: none)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_at_least(0));
   return [opt]() -> int {
     data::PreprocessSummary s = data::preprocess(*opt, std::cerr);
     std::cerr << "preprocess: wrote " << opt->output_prefix << ".bin/.idx: " << s.documents << " documents, "

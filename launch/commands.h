@@ -2,12 +2,55 @@
 // a subcommand returns the process exit status.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <exception>
 #include <functional>
+#include <sstream>
+#include <string>
 
 namespace dcf {
 
 // A subcommand's runner, set when its options are registered.
 using CommandRunner = std::function<int()>;
+
+// Checks of numeric options with a plain message ("--steps: must be an integer >= 1, got '-1'"): CLI11's
+// own numeric ranges print their limits as doubles (1.797...e308 written out).
+inline CLI::Validator integer_at_least(long long lo) {
+  return CLI::Validator(
+      [lo](std::string& s) -> std::string {
+        size_t used = 0;
+        long long v = 0;
+        try {
+          v = std::stoll(s, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != s.size() || v < lo)
+          return "must be an integer >= " + std::to_string(lo) + ", got '" + s + "'";
+        return {};
+      },
+      "INT>=" + std::to_string(lo));
+}
+// A number > lo (strict) or >= lo.
+inline CLI::Validator number_bound(double lo, bool strict) {
+  std::ostringstream lim;
+  lim << (strict ? "> " : ">= ") << lo;
+  return CLI::Validator(
+      [lo, strict, l = lim.str()](std::string& s) -> std::string {
+        size_t used = 0;
+        double v = 0;
+        try {
+          v = std::stod(s, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != s.size() || !(strict ? v > lo : v >= lo))
+          return "must be a number " + l + ", got '" + s + "'";
+        return {};
+      },
+      "NUMBER" + lim.str());
+}
+inline CLI::Validator number_above(double lo) { return number_bound(lo, true); }
+inline CLI::Validator number_at_least(double lo) { return number_bound(lo, false); }
 
 CommandRunner add_train_command(CLI::App& app);
 CommandRunner add_preprocess_command(CLI::App& app);   // dataloader/ (tokenize jsonl[.zst] -> .bin/.idx)

@@ -2,8 +2,11 @@
 // training starts (no metrics are written).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <ostream>
+#include <string>
 
 #include "tests/e2e/run_util.h"
 
@@ -70,4 +73,42 @@ INSTANTIATE_TEST_SUITE_P(
              ""},
         Case{"unknown_cli_option", "--frobnicate", "frobnicate", ""},
         Case{"warmup_too_long", "--set schedule.warmup_steps=5000", "schedule.total_steps", ""}),
+    [](const auto& info) { return info.param.name; });
+
+// Numeric options of the other subcommands: exit 2 with one line naming the option, its bound and the
+// value given (not CLI11's range text with its limits written out as doubles), before any work starts.
+struct OptionCase {
+  std::string name, args, expect;
+};
+void PrintTo(const OptionCase& c, std::ostream* os) { *os << c.name; }
+class SubcommandOptionErrors : public ::testing::TestWithParam<OptionCase> {};
+
+TEST_P(SubcommandOptionErrors, ExitTwoWithOneLine) {
+  const OptionCase& c = GetParam();
+  const std::string cfg = std::string(DCF_SOURCE_DIR) + "/configs/tiny_cpu.textproto";
+  std::string args = c.args;
+  for (size_t at; (at = args.find("CFG")) != std::string::npos;) args.replace(at, 3, cfg);
+  const std::string cmd = std::string(DCF_BINARY) + " " + args;
+  auto r = run_command(cmd);
+  EXPECT_EQ(r.status, 2) << cmd << "\n" << r.output;
+  EXPECT_NE(r.output.find(c.expect), std::string::npos) << "expected '" << c.expect << "' in:\n" << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_EQ(r.output.find("179769"), std::string::npos) << r.output;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Inputs, SubcommandOptionErrors,
+    ::testing::Values(
+        OptionCase{"bench_steps_negative", "bench --config CFG --steps -1", "--steps: must be an integer >= 1, got '-1'"},
+        OptionCase{"bench_steps_fraction", "bench --config CFG --steps 1.5", "--steps: must be an integer >= 1, got '1.5'"},
+        OptionCase{"bench_warmup_word", "bench --config CFG --warmup x", "--warmup: must be an integer >= 0, got 'x'"},
+        OptionCase{"bench_peak_negative", "bench --config CFG --peak-tflops -5",
+                   "--peak-tflops: must be a number > 0, got '-5'"},
+        OptionCase{"bench_breakdown_rank_negative", "bench --config CFG --breakdown --breakdown-rank -1",
+                   "--breakdown-rank: must be an integer >= 0, got '-1'"},
+        OptionCase{"preprocess_workers_negative", "preprocess --input a --tokenizer b --output-prefix c --workers -2",
+                   "--workers: must be an integer >= 0, got '-2'"},
+        OptionCase{"preprocess_progress_negative",
+                   "preprocess --input a --tokenizer b --output-prefix c --progress-interval -1",
+                   "--progress-interval: must be a number >= 0, got '-1'"}),
     [](const auto& info) { return info.param.name; });

@@ -278,6 +278,8 @@ void validate_config(const dcformer::Config& c, int world) {
   need(p.pp() >= 1, "parallel.pp: must be >= 1");
   need(p.dp() >= 0, "parallel.dp: must be >= 0 (0 = from the world size)");
   need(p.micro_batches() >= 1, "parallel.micro_batches: must be >= 1");
+  // (Buckets of at most a few bytes would all-reduce the gradients one float at a time.)
+  need(p.grad_bucket_mb() >= 1, "parallel.grad_bucket_mb: must be >= 1 (MiB per all-reduce bucket)");
   need(m.n_heads() % p.tp() == 0, "parallel.tp: model.n_heads (" + std::to_string(m.n_heads()) +
                                       ") is not divisible by tp (" + std::to_string(p.tp()) + ")");
   need(m.d_ff() % p.tp() == 0, "parallel.tp: model.d_ff is not divisible by tp");
@@ -299,6 +301,7 @@ void validate_config(const dcformer::Config& c, int world) {
                                   std::to_string(m.n_layers()));
   }
   need(c.data().format() != dcformer::DataConfig::FORMAT_UNSPECIFIED, "data.format: must be set");
+  need(c.data().prefetch() >= 0, "data.prefetch: must be >= 0 (0: the default, 4 micro-batches ahead)");
   const auto& o = c.optimizer();
   need(o.lr() > 0 && std::isfinite(o.lr()), "optimizer.lr: must be positive");
   need(o.beta1() >= 0 && o.beta1() < 1, "optimizer.beta1: must be in [0, 1)");

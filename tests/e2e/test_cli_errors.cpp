@@ -72,7 +72,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"token_too_big", "--set data.format=TOKENS_U16 --set model.vocab_size=8", "does not fit model.vocab_size",
              ""},
         Case{"unknown_cli_option", "--frobnicate", "frobnicate", ""},
-        Case{"warmup_too_long", "--set schedule.warmup_steps=5000", "schedule.total_steps", ""}),
+        Case{"warmup_too_long", "--set schedule.warmup_steps=5000", "schedule.total_steps", ""},
+        Case{"bucket_zero", "--set parallel.grad_bucket_mb=0", "parallel.grad_bucket_mb: must be >= 1", ""},
+        Case{"prefetch_negative", "--set data.prefetch=-1", "data.prefetch: must be >= 0", ""}),
     [](const auto& info) { return info.param.name; });
 
 // Numeric options of the other subcommands: exit 2 with one line naming the option, its bound and the

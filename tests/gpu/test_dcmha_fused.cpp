@@ -158,12 +158,11 @@ const std::initializer_list<Selector> kTimingBackwards = {
 
 // Gradients: fused (through dcf::cuda::dcmha_fused_backward) vs the CPU f32 backward and vs v1, every
 // output (dq, dk, dv, ddw) by relative L2 error of the added amount. Bound: 3e-2, and at most twice the
-// v1 path's own error against the CPU (both round P' and dA to bf16 before their GEMMs). `sel` selects a
-// timing-only backward build around the fused backward calls (var nullptr: the default build).
-void check_backward(const Case& c, Selector sel) {
+// v1 path's own error against the CPU (both round P' and dA to bf16 before their GEMMs). Each selector in
+// `sels` picks the build of the fused backward calls (a timing-only build by its variable, set around the
+// calls; var nullptr: the default build); the inputs, the CPU reference and v1 are computed once.
+void check_backward(const Case& c, std::initializer_list<Selector> sels) {
   std::string why;
-  const char* var = sel.var;
-  const std::string what = var ? std::string(var) + "=" + sel.value : "default build";
   std::mt19937_64 rng(seed() ^ uint64_t(c.T * 337 + c.N * 11 + c.D + c.window * 9001 + c.q_pos0 + 77));
   const DcmhaShape sh = shape_of(c);
   Pair q = random_pair(rng, {c.B, c.T, c.N, c.D}, 1.5 / std::sqrt(double(c.D)));
@@ -174,7 +173,6 @@ void check_backward(const Case& c, Selector sel) {
   // Initial gradients (small, so bf16 rounding of the sum stays below the tolerance).
   Pair g0[4] = {random_pair(rng, q.cpu.shape(), 1e-3), random_pair(rng, k.cpu.shape(), 1e-3),
                 random_pair(rng, v.cpu.shape(), 1e-3), random_pair(rng, dw.cpu.shape(), 1e-3)};
-  Tensor gz[4];
   ASSERT_TRUE(cuda::dcmha_fused_backward_supported(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, g0[0].gpu, g0[1].gpu,
                                                    g0[2].gpu, g0[3].gpu, &why))
       << why;
@@ -182,53 +180,56 @@ void check_backward(const Case& c, Selector sel) {
   Tensor ref[4];
   for (int i = 0; i < 4; ++i) ref[i] = Tensor::zeros(g0[i].cpu.shape(), DType::f32);
   test::dcmha_backward_threads(sh, q.cpu, k.cpu, v.cpu, dw.cpu, dout.cpu, ref[0], ref[1], ref[2], ref[3]);
-
-  Tensor fu[4], v1[4];
-  for (int i = 0; i < 4; ++i) fu[i] = g0[i].gpu.clone(), v1[i] = g0[i].gpu.clone();
-  if (var) setenv(var, sel.value, 1);
-  cuda::dcmha_fused_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fu[0], fu[1], fu[2], fu[3],
-                             cuda::current_stream());
-  if (var) unsetenv(var);
+  Tensor v1[4];
+  for (int i = 0; i < 4; ++i) v1[i] = g0[i].gpu.clone();
   dcmha_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, v1[0], v1[1], v1[2], v1[3]);  // v1
-  // Again with the softmax statistics written by the fused forward (the backward skips its pass 1).
+  // The softmax statistics written by the fused forward, for the second call of each build (which then
+  // skips its pass 1).
   Tensor st = Tensor::empty({c.B, c.T, c.N, 2}, DType::f32, q.gpu.device());
-  Tensor fs[4];
-  for (int i = 0; i < 4; ++i) fs[i] = g0[i].gpu.clone();
   DcmhaShape shs = sh;
   shs.softmax_stats = st.data<float>();
   Tensor o = Tensor::empty(q.gpu.shape(), DType::bf16, q.gpu.device());
   cuda::dcmha_fused_forward(shs, q.gpu.raw(), k.gpu.raw(), v.gpu.raw(), dw.gpu.raw(), o.raw(), cuda::current_stream());
-  if (var) setenv(var, sel.value, 1);
-  cuda::dcmha_fused_backward(shs, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fs[0], fs[1], fs[2], fs[3],
-                             cuda::current_stream());
-  if (var) unsetenv(var);
-  cuda::synchronize();
 
-  const char* names[4] = {"dq", "dk", "dv", "ddw"};
-  for (int i = 0; i < 4; ++i) {
-    // The amount added: out - initial, in double from the bf16 values.
-    auto added = [&](const Tensor& out) {
-      std::vector<double> o = gpu_test::values(out), z = gpu_test::values(g0[i].cpu);
-      Tensor d = Tensor::empty(out.shape(), DType::f32);
-      for (size_t j = 0; j < o.size(); ++j) d.data<float>()[j] = float(o[j] - z[j]);
-      return d;
-    };
-    int64_t nf = 0, nf1 = 0, nfs = 0;
-    const Tensor af = added(fu[i]), av = added(v1[i]), as = added(fs[i]);
-    const double e_cpu = rel_err(af, ref[i], &nf), e_v1cpu = rel_err(av, ref[i], &nf1);
-    const double e_stats = rel_err(as, ref[i], &nfs);
-    int64_t dummy = 0;
-    const double e_v1 = rel_err(af, av, &dummy);
-    std::cout << "[dcmha-fused-bwd] " << what << " " << names[i] << " B" << c.B << " T" << c.T << " S" << c.S << " p" << c.q_pos0
-              << " N" << c.N << " D" << c.D << " W" << c.window << ": fused vs cpu " << e_cpu << ", fused vs v1 "
-              << e_v1 << ", v1 vs cpu " << e_v1cpu << ", fused with forward statistics vs cpu " << e_stats
-              << std::endl;
-    EXPECT_EQ(nf, 0) << what << " " << names[i] << ": non-finite gradients";
-    EXPECT_EQ(nfs, 0) << what << " " << names[i] << ": non-finite gradients (forward statistics)";
-    EXPECT_LE(e_stats, 3e-2) << what << " " << names[i];
-    EXPECT_LE(e_stats, 2.0 * e_v1cpu + 1e-3) << what << " " << names[i];
-    EXPECT_LE(e_cpu, 3e-2) << what << " " << names[i];
-    EXPECT_LE(e_cpu, 2.0 * e_v1cpu + 1e-3) << what << " " << names[i];
+  for (const Selector& sel : sels) {
+    const char* var = sel.var;
+    const std::string what = var ? std::string(var) + "=" + sel.value : "default build";
+    Tensor fu[4], fs[4];
+    for (int i = 0; i < 4; ++i) fu[i] = g0[i].gpu.clone(), fs[i] = g0[i].gpu.clone();
+    if (var) setenv(var, sel.value, 1);
+    cuda::dcmha_fused_backward(sh, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fu[0], fu[1], fu[2], fu[3],
+                               cuda::current_stream());
+    cuda::dcmha_fused_backward(shs, q.gpu, k.gpu, v.gpu, dw.gpu, dout.gpu, fs[0], fs[1], fs[2], fs[3],
+                               cuda::current_stream());
+    if (var) unsetenv(var);
+    cuda::synchronize();
+
+    const char* names[4] = {"dq", "dk", "dv", "ddw"};
+    for (int i = 0; i < 4; ++i) {
+      // The amount added: out - initial, in double from the bf16 values.
+      auto added = [&](const Tensor& out) {
+        std::vector<double> ov = gpu_test::values(out), z = gpu_test::values(g0[i].cpu);
+        Tensor d = Tensor::empty(out.shape(), DType::f32);
+        for (size_t j = 0; j < ov.size(); ++j) d.data<float>()[j] = float(ov[j] - z[j]);
+        return d;
+      };
+      int64_t nf = 0, nf1 = 0, nfs = 0;
+      const Tensor af = added(fu[i]), av = added(v1[i]), as = added(fs[i]);
+      const double e_cpu = rel_err(af, ref[i], &nf), e_v1cpu = rel_err(av, ref[i], &nf1);
+      const double e_stats = rel_err(as, ref[i], &nfs);
+      int64_t dummy = 0;
+      const double e_v1 = rel_err(af, av, &dummy);
+      std::cout << "[dcmha-fused-bwd] " << what << " " << names[i] << " B" << c.B << " T" << c.T << " S" << c.S
+                << " p" << c.q_pos0 << " N" << c.N << " D" << c.D << " W" << c.window << ": fused vs cpu " << e_cpu
+                << ", fused vs v1 " << e_v1 << ", v1 vs cpu " << e_v1cpu << ", fused with forward statistics vs cpu "
+                << e_stats << std::endl;
+      EXPECT_EQ(nf, 0) << what << " " << names[i] << ": non-finite gradients";
+      EXPECT_EQ(nfs, 0) << what << " " << names[i] << ": non-finite gradients (forward statistics)";
+      EXPECT_LE(e_stats, 3e-2) << what << " " << names[i];
+      EXPECT_LE(e_stats, 2.0 * e_v1cpu + 1e-3) << what << " " << names[i];
+      EXPECT_LE(e_cpu, 3e-2) << what << " " << names[i];
+      EXPECT_LE(e_cpu, 2.0 * e_v1cpu + 1e-3) << what << " " << names[i];
+    }
   }
 }
 
@@ -236,10 +237,10 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
   std::string why;
   if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
   cuda::init();
-  check_backward(GetParam(), {nullptr, nullptr});
+  check_backward(GetParam(), {{nullptr, nullptr}});
 }
 
-// The timing-only N16 D64 backwards (kTimingBackwards), checked as the default build is, one at a time.
+// The timing-only N16 D64 backwards (kTimingBackwards), checked as the default build is.
 TEST_P(DcmhaFused, TimingBuildBackwardsMatchCpuAndV1) {
   std::string why;
   if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
@@ -248,7 +249,7 @@ TEST_P(DcmhaFused, TimingBuildBackwardsMatchCpuAndV1) {
   const Case c = GetParam();
   if (c.N != 16 || c.D != 64) GTEST_SKIP() << "the timing-only backwards are N16 D64 builds";
   cuda::init();
-  for (const Selector& sel : kTimingBackwards) check_backward(c, sel);
+  check_backward(c, kTimingBackwards);
 }
 
 // The timing-only builds (DCF_DCMHA_FUSED_OCC / _PAIR / _PF, backward ablations) are requests that must

@@ -41,7 +41,8 @@ void ce_row_sumexp(const Tensor& logits, const Tensor& row_max, Tensor& row_sum)
 void ce_target_logit(const Tensor& logits, const Tensor& targets, int64_t vocab_offset, Tensor& tgt);
 void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, int64_t vocab_offset, double scale,
                  Tensor& dlogits);
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p);
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p,
+                  Tensor* param_copy = nullptr);
 
 // dcmha.cu: version 1 of dcmha.md §4.4 (query chunks, per-chunk materialised scores, batched
 // cuBLASLt GEMMs + Compose kernels, everything recomputed in the backward). Workspace is

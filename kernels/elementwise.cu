@@ -359,12 +359,14 @@ __global__ void ce_backward_kernel(const T* logits, int64_t R, int64_t V, const 
 
 // ---- AdamW ----------------------------------------------------------------------------------------
 
+// gs scales the gradient first (clipping; x * 1 is exact, so no branch); out, where valid, receives the
+// updated param in its own dtype (the working copy of master weights).
 template <typename T>
-__global__ void adamw_kernel(T* p, AnyPtr g, AnyPtr m, AnyPtr v, int64_t n, double lr, double b1, double b2,
-                             double eps, double wd, double bc1, double bc2) {
+__global__ void adamw_kernel(T* p, AnyPtr g, AnyPtr m, AnyPtr v, AnyPtr out, int64_t n, double lr, double b1,
+                             double b2, double eps, double wd, double bc1, double bc2, double gs) {
   using A = typename Num<T>::acc;
   DCF_GRID_LOOP(i, n) {
-    A gi = g.get<A>(i);
+    A gi = g.get<A>(i) * A(gs);
     A mi = A(b1) * m.get<A>(i) + (A(1) - A(b1)) * gi;
     A vi = A(b2) * v.get<A>(i) + (A(1) - A(b2)) * gi * gi;
     m.set(i, mi);
@@ -372,7 +374,9 @@ __global__ void adamw_kernel(T* p, AnyPtr g, AnyPtr m, AnyPtr v, int64_t n, doub
     A mhat = A(mi / bc1), vhat = A(vi / bc2);
     A pi = Num<T>::load(p[i]);
     A upd = mhat / (dsqrt(vhat) + A(eps)) + A(wd) * pi;
-    p[i] = Num<T>::store(pi - A(lr) * upd);
+    const T np = Num<T>::store(pi - A(lr) * upd);
+    p[i] = np;
+    if (out.valid()) out.set(i, Num<T>::load(np));
   }
 }
 
@@ -677,17 +681,18 @@ void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
   });
 }
 
-void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWParams& hp) {
+void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWParams& hp, Tensor* copy) {
   DCF_NVTX_RANGE("adamw_update");
   need_cuda(p, "adamw_update", "param");
   AnyPtr gp = any_ptr(g, "adamw_update", "grad"), mp = any_ptr(m, "adamw_update", "m"),
          vp = any_ptr(v, "adamw_update", "v");
+  AnyPtr out = copy ? any_ptr(*copy, "adamw_update", "param copy") : AnyPtr{};
   int64_t n = p.numel();
   if (n == 0) return;
   double bc1 = 1.0 - std::pow(hp.beta1, double(hp.step)), bc2 = 1.0 - std::pow(hp.beta2, double(hp.step));
   DCF_CUDA_FLOAT_SWITCH(p.dtype(), "adamw_update", {
-    adamw_kernel<T><<<grid_for(n), 256, 0, stream()>>>(p.data<T>(), gp, mp, vp, n, hp.lr, hp.beta1, hp.beta2, hp.eps,
-                                                        hp.weight_decay, bc1, bc2);
+    adamw_kernel<T><<<grid_for(n), 256, 0, stream()>>>(p.data<T>(), gp, mp, vp, out, n, hp.lr, hp.beta1, hp.beta2,
+                                                        hp.eps, hp.weight_decay, bc1, bc2, hp.grad_scale);
     DCF_CUDA_LAUNCH_CHECK();
   });
 }

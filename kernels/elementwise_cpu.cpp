@@ -219,9 +219,11 @@ void adamw_update(T* p, const T* g, T* m, T* v, int64_t n, const AdamWParams& hp
   const double bc1 = 1.0 - std::pow(hp.beta1, double(hp.step));
   const double bc2 = 1.0 - std::pow(hp.beta2, double(hp.step));
   const T b1 = T(hp.beta1), b2 = T(hp.beta2);
+  const T gs = T(hp.grad_scale);
   for (int64_t i = 0; i < n; ++i) {
-    m[i] = b1 * m[i] + (T(1) - b1) * g[i];
-    v[i] = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
+    const T gi = g[i] * gs;  // (exact where gs is 1)
+    m[i] = b1 * m[i] + (T(1) - b1) * gi;
+    v[i] = b2 * v[i] + (T(1) - b2) * gi * gi;
     T mhat = T(m[i] / bc1), vhat = T(v[i] / bc2);
     T upd = mhat / (std::sqrt(vhat) + T(hp.eps)) + T(hp.weight_decay) * p[i];
     p[i] -= T(hp.lr) * upd;

@@ -284,12 +284,15 @@ void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
                                        lse.data<T>(), off, T(scale), dlogits.data<T>()));
 }
 
-void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWParams& hp) {
+void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWParams& hp, Tensor* copy) {
   DCF_RANGE("adamw_update");
   DCF_CHECK(p.numel() == g.numel() && p.numel() == m.numel() && p.numel() == v.numel(), "adamw shapes");
-  DCF_DISPATCH_CUDA(p, adamw_update, p, g, m, v, hp);
+  DCF_CHECK(!copy || (copy->numel() == p.numel() && copy->device() == p.device()), "adamw_update: param copy ",
+            copy ? copy->desc() : std::string(), " for param ", p.desc());
+  DCF_DISPATCH_CUDA(p, adamw_update, p, g, m, v, hp, copy);
   DCF_FLOAT_SWITCH(p, "adamw_update",
                    cpu::adamw_update<T>(p.data<T>(), g.data<T>(), m.data<T>(), v.data<T>(), p.numel(), hp));
+  if (copy) cast(p, *copy);
 }
 
 }  // namespace dcf

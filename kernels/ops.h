@@ -90,8 +90,12 @@ void ce_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
 // ---- AdamW (bias-corrected moments, eps outside the sqrt, decoupled weight decay times lr).
 struct AdamWParams {
   double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
-  int64_t step = 1;  // 1-based count of updates, for the bias correction
+  int64_t step = 1;         // 1-based count of updates, for the bias correction
+  double grad_scale = 1.0;  // the gradient is multiplied by this first (global-norm clipping), in its own precision
 };
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p);
+// param_copy (optional, same numel): also receives the updated param, converted to its own dtype (the
+// bf16 working copy of fp32 master weights) in the same pass, as cast(param, *param_copy) would.
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p,
+                  Tensor* param_copy = nullptr);
 
 }  // namespace dcf

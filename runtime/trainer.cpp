@@ -238,12 +238,11 @@ void Trainer::optimizer_step(double lr, double clip_scale) {
   hp.eps = cfg_.optimizer().eps();
   hp.weight_decay = cfg_.optimizer().weight_decay();
   hp.step = step_ + 1 - skipped_total_;
+  hp.grad_scale = clip_scale;  // applied to each gradient in the update's own pass
   Tensor g = grads32().flat_range(zero_begin_, zero_count_);
   Tensor p = model_->flat_values().flat_range(zero_begin_, zero_count_);
-  if (clip_scale != 1.0) scale_(g, clip_scale);
   if (master_.defined()) {
-    adamw_update(master_, g, adam_m_, adam_v_, hp);
-    cast(master_, p);  // the bf16 working copy
+    adamw_update(master_, g, adam_m_, adam_v_, hp, &p);  // and the bf16 working copy, in the same pass
   } else {
     adamw_update(p, g, adam_m_, adam_v_, hp);
   }

@@ -515,6 +515,36 @@ TEST_F(GpuTest, AdamWFp32MasterWithBf16Grad) {
   expect_close(vg, vr, 1e-6, "v");
 }
 
+// The trainer's GPU update: fp32 master weights, the clipping scale applied inside the update and the bf16
+// working copy written in the same pass, against the CPU ops run one after the other (scale_ on the
+// gradient, AdamW, then the master weights rounded to bf16).
+TEST_F(GpuTest, AdamWClipScaleAndBf16CopyInOnePass) {
+  const int64_t n = 70001;
+  AdamWParams hp;
+  hp.lr = 2e-3;
+  hp.step = 4;
+  hp.grad_scale = 0.37;
+  Tensor p = normal({n}), g = normal({n}, 0.1), m = normal({n}, 0.01), v = uniform({n}, 1e-4, 1e-2);
+  Tensor pr = oracle(p, DType::f32), mr = oracle(m, DType::f32), vr = oracle(v, DType::f32);
+  Tensor gr = oracle(g, DType::f32);
+  scale_(gr, hp.grad_scale);
+  AdamWParams h1 = hp;
+  h1.grad_scale = 1.0;
+  adamw_update(pr, gr, mr, vr, h1);
+  Tensor copy_ref = convert(pr, DType::bf16);
+  Tensor pg = on_gpu(p, DType::f32), mg = on_gpu(m, DType::f32), vg = on_gpu(v, DType::f32);
+  Tensor copy = nan_gpu({n}, DType::bf16);
+  adamw_update(pg, on_gpu(g, DType::f32), mg, vg, hp, &copy);
+  expect_close(pg, pr, 1e-6, "param");
+  expect_close(mg, mr, 1e-6, "m");
+  expect_close(vg, vr, 1e-6, "v");
+  expect_close(copy, copy_ref, 4e-3, "bf16 copy");  // one bf16 rounding of nearly equal values
+  // The copy is the GPU's own update rounded once: exactly cast(param) on the GPU.
+  Tensor cast_ref = Tensor::empty({n}, DType::bf16, gpu());
+  cast(pg, cast_ref);
+  expect_close(copy, cast_ref, 0.0, "bf16 copy against cast of the updated param");
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, GpuOps, kAllFloat, dtype_param_name);
 
 // ---- DCMHA core ---------------------------------------------------------------------------------

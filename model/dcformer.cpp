@@ -227,13 +227,23 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
     }
     dcmha_forward(cs, s.q, s.k, s.v, s.dw, s.o);
   }
+  // Row-parallel projection plus residual: out = res + a w. With one TP rank the GEMM adds into the copy of
+  // the residual (beta = 1: one pass over out instead of writing the product and adding it); with several,
+  // the ranks' partial products are summed before the residual is added once.
+  auto project_add = [&](const Tensor& a, const Tensor& w, const Tensor& res, Tensor& out) {
+    out = res.clone();
+    if (!tp_ || tp_->size() == 1) {
+      matmul(a, false, w, false, out, 1.0, 1.0);
+      return;
+    }
+    Tensor part = new_tensor({R, E});
+    matmul(a, false, w, false, part);
+    reduce_from_tp(part);
+    add_(out, part);
+  };
   // Output projection (row-parallel) + residual
   ph.next("attn.out");
-  s.x_mid = x.clone();
-  Tensor attn_out = new_tensor({R, E});
-  matmul(s.o.view({R, HD}), false, L.wo->value.view({HD, E}), false, attn_out);
-  reduce_from_tp(attn_out);
-  add_(s.x_mid, attn_out);
+  project_add(s.o.view({R, HD}), L.wo->value.view({HD, E}), x, s.x_mid);
   // MLP sub-layer
   ph.next("mlp");
   s.h2 = new_tensor({R, E});
@@ -245,11 +255,7 @@ void DcformerModel::layer_forward(const LayerRefs& L, LayerSaved& s, const Tenso
   matmul(s.h2, false, L.w_gate->value, false, s.gate);
   matmul(s.h2, false, L.w_up->value, false, s.up);
   swiglu_forward(s.gate, s.up, s.act);
-  out = s.x_mid.clone();
-  Tensor mlp_out = new_tensor({R, E});
-  matmul(s.act, false, L.w_down->value, false, mlp_out);
-  reduce_from_tp(mlp_out);
-  add_(out, mlp_out);
+  project_add(s.act, L.w_down->value, s.x_mid, out);
 }
 
 // dx: in = gradient w.r.t. the layer output; out = gradient w.r.t. the layer input.

@@ -26,14 +26,25 @@ bool same_bits(const Tensor& a, const Tensor& b) {
          std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * dtype_size(a.dtype())) == 0;
 }
 
+// Parameters, gradient and moments of n elements (v positive), drawn from seed.
+struct State {
+  Tensor p, g, m, v;
+};
+State random_state(DType dt, int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  State st;
+  st.p = random_tensor(rng, dt, n, -1, 1);
+  st.g = random_tensor(rng, dt, n, -0.3, 0.3);
+  st.m = random_tensor(rng, dt, n, -0.01, 0.01);
+  st.v = random_tensor(rng, dt, n, 1e-5, 1e-2);
+  return st;
+}
+
 class AdamWFused : public ::testing::TestWithParam<DType> {};
 
 TEST_P(AdamWFused, GradScaleIsTheGradientScaledFirst) {
-  const DType dt = GetParam();
-  std::mt19937_64 rng(7);
-  const int64_t n = 1031;
-  Tensor p = random_tensor(rng, dt, n, -1, 1), g = random_tensor(rng, dt, n, -0.3, 0.3);
-  Tensor m = random_tensor(rng, dt, n, -0.01, 0.01), v = random_tensor(rng, dt, n, 1e-5, 1e-2);
+  const State st = random_state(GetParam(), 1031, 7);
+  const Tensor &p = st.p, &g = st.g, &m = st.m, &v = st.v;
   AdamWParams hp;
   hp.lr = 2e-3;
   hp.step = 5;
@@ -58,12 +69,10 @@ TEST_P(AdamWFused, GradScaleIsTheGradientScaledFirst) {
 }
 
 TEST_P(AdamWFused, ParamCopyIsTheCastOfTheUpdate) {
-  const DType dt = GetParam();
-  const DType other = dt == DType::f32 ? DType::f64 : DType::f32;
-  std::mt19937_64 rng(11);
+  const DType other = GetParam() == DType::f32 ? DType::f64 : DType::f32;
   const int64_t n = 517;
-  Tensor p = random_tensor(rng, dt, n, -1, 1), g = random_tensor(rng, dt, n, -0.3, 0.3);
-  Tensor m = random_tensor(rng, dt, n, -0.01, 0.01), v = random_tensor(rng, dt, n, 1e-5, 1e-2);
+  State st = random_state(GetParam(), n, 11);
+  Tensor &p = st.p, &g = st.g, &m = st.m, &v = st.v;
   AdamWParams hp;
   hp.lr = 1e-3;
   hp.step = 2;

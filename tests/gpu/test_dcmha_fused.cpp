@@ -136,15 +136,20 @@ TEST_P(DcmhaFused, MatchesCpuAndV1) {
 
 // The timing-only N16 D64 forwards (kTimingForwards, chosen per call by their variable): the same checks
 // as the default build's, so that a timing build's `ctest -L gpu` verifies what it times.
-TEST_P(DcmhaFused, TimingBuildForwardsMatchCpuAndV1) {
+// Why a timing-only build's check cannot run for case c here ("" when it can).
+std::string timing_skip_reason(const Case& c) {
   std::string why;
-  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
-  if (!cuda::dcmha_fused_timing_builds())
-    GTEST_SKIP() << "timing-only builds not compiled in (DCF_KERNEL_TIMING_BUILDS)";
-  const Case c = GetParam();
-  if (c.N != 16 || c.D != 64) GTEST_SKIP() << "the timing-only forwards are N16 D64 builds";
+  if (!cuda::cuda_available(&why)) return "no usable GPU: " + why;
+  if (!cuda::dcmha_fused_timing_builds()) return "timing-only builds not compiled in (DCF_KERNEL_TIMING_BUILDS)";
+  if (c.N != 16 || c.D != 64) return "the timing-only builds are N16 D64 builds";
+  return "";
+}
+
+TEST_P(DcmhaFused, TimingBuildForwardsMatchCpuAndV1) {
+  const std::string skip = timing_skip_reason(GetParam());
+  if (!skip.empty()) GTEST_SKIP() << skip;
   cuda::init();
-  check_forward(c, kTimingForwards);
+  check_forward(GetParam(), kTimingForwards);
 }
 
 // The settings that select the timing-only N16 D64 backwards: four heads per warp (16 warps, one CTA per
@@ -242,14 +247,10 @@ TEST_P(DcmhaFused, BackwardMatchesCpuAndV1) {
 
 // The timing-only N16 D64 backwards (kTimingBackwards), checked as the default build is.
 TEST_P(DcmhaFused, TimingBuildBackwardsMatchCpuAndV1) {
-  std::string why;
-  if (!cuda::cuda_available(&why)) GTEST_SKIP() << "no usable GPU: " << why;
-  if (!cuda::dcmha_fused_timing_builds())
-    GTEST_SKIP() << "timing-only builds not compiled in (DCF_KERNEL_TIMING_BUILDS)";
-  const Case c = GetParam();
-  if (c.N != 16 || c.D != 64) GTEST_SKIP() << "the timing-only backwards are N16 D64 builds";
+  const std::string skip = timing_skip_reason(GetParam());
+  if (!skip.empty()) GTEST_SKIP() << skip;
   cuda::init();
-  check_backward(c, kTimingBackwards);
+  check_backward(GetParam(), kTimingBackwards);
 }
 
 // The timing-only builds (DCF_DCMHA_FUSED_OCC / _PAIR / _PF, backward ablations) are requests that must

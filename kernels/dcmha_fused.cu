@@ -221,7 +221,7 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // CTA can be one Compose ahead of its peer, never two), and a pass boundary needs a cluster barrier.
 template <int N, class W = uint16_t, int NT = N, int HP_ = 8>
 struct Tile {
-  static constexpr int HP = HP_;           // heads per warp: 8, or 4 (timing builds, DCF_BWD_HP4)
+  static constexpr int HP = HP_;           // heads per warp: 8, or 4 (timing builds, DCF_DCMHA_FUSED_HP4)
   static_assert(HP == 8 || HP == 4, "8 or 4 heads per warp");
   static constexpr bool F32 = std::is_same_v<W, float>;
   static_assert(F32 || std::is_same_v<W, uint16_t>, "staged weights are bf16 or fp32");
@@ -230,7 +230,7 @@ struct Tile {
   static_assert(!SPLIT || HP == 8, "the head split has 8 heads per warp");
   static constexpr int H = N / HP;         // head-warps per key slice (HP heads each)
   static constexpr int NW = 4 * H;         // warps
-  static constexpr int THREADS = 32 * NW;  // = 16 N
+  static constexpr int THREADS = 32 * NW;  // = 128 N / HP
   static constexpr int WN = (2 * kI + 1) * NT;
   // Staged weight row stride (elements): an odd number of 16-byte slots (WN / 4 is even for N % 8 == 0).
   static constexpr int WS = F32 ? WN + 4 : WN + 8;
@@ -240,7 +240,7 @@ struct Tile {
   static_assert(N % 8 == 0, "N must be a multiple of 8");
 
   // The staged weights of this warp's HP consecutive heads as fp32.
-  static __device__ __forceinline__ void ld8(const W* p, float (&f)[HP]) {
+  static __device__ __forceinline__ void ldh(const W* p, float (&f)[HP]) {
     if constexpr (DCF_ABLATE_COMPOSE & 2) {
       (void)p;
       const float v = __uint_as_float((threadIdx.x & 0x3f0u) | 0x3c000000u);
@@ -384,8 +384,8 @@ struct Tile {
   __device__ __forceinline__ void key_b_setup(int slot, int row0, float (&w0)[HP], float (&w1)[HP], uint32_t& s0,
                                               uint32_t& s1) const {
     const W* w = kw + (slot * kBK + 8 * kwp + g) * WS + hbase();
-    ld8(w + row0 * NT, w0);
-    ld8(w + (row0 + 1) * NT, w1);
+    ldh(w + row0 * NT, w0);
+    ldh(w + (row0 + 1) * NT, w1);
     const bool mine = (g >> 1) == c, hi = g & 1;
     s0 = !mine ? 0x4444u : hi ? 0x1044u : 0x4410u;
     s1 = !mine ? 0x4444u : hi ? 0x3244u : 0x4432u;
@@ -442,7 +442,7 @@ struct Tile {
 #pragma unroll
         for (int r = 0; r < kI; ++r) {
           float aw[HP];
-          ld8(w + (roff + r) * NT, aw);
+          ldh(w + (roff + r) * NT, aw);
 #pragma unroll
           for (int p = 0; p < 2; ++p) {
             const int e = side ? 2 * p + o : 2 * o + p;
@@ -521,17 +521,17 @@ struct Tile {
       [[maybe_unused]] float bk0[HP], bk1[HP];
       float gk[HP];
       if constexpr (!KMMA) {
-        ld8(wk + woff * NT, bk0);
-        ld8(wk + (woff + 1) * NT, bk1);
+        ldh(wk + woff * NT, bk0);
+        ldh(wk + (woff + 1) * NT, bk1);
       }
-      ld8(wk + 2 * kI * NT, gk);
+      ldh(wk + 2 * kI * NT, gk);
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
         const W* wq = qw + (slot * kBQ + g + 8 * ri) * WS + hbase();
         float bq0[HP], bq1[HP], gq[HP];
-        ld8(wq + woff * NT, bq0);
-        ld8(wq + (woff + 1) * NT, bq1);
-        ld8(wq + 2 * kI * NT, gq);
+        ldh(wq + woff * NT, bq0);
+        ldh(wq + (woff + 1) * NT, bq1);
+        ldh(wq + 2 * kI * NT, gq);
         const int e = 2 * ri + ci;
         const float hq0 = tot[e * 4 + 0], hk0 = tot[e * 4 + 1], hq1 = tot[e * 4 + 2], hk1 = tot[e * 4 + 3];
 #pragma unroll

@@ -6,6 +6,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 namespace dcf {
 
@@ -14,18 +15,23 @@ using CommandRunner = std::function<int()>;
 
 // Checks of numeric options with a plain message ("--steps: must be an integer >= 1, got '-1'"): CLI11's
 // own numeric ranges print their limits as doubles (1.797...e308 written out).
+// Whether all of s is one number of type T (long long or double), into v.
+template <class T>
+bool parse_whole(const std::string& s, T& v) {
+  size_t used = 0;
+  try {
+    if constexpr (std::is_same_v<T, long long>) v = std::stoll(s, &used);
+    else v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return used != 0 && used == s.size();
+}
 inline CLI::Validator integer_at_least(long long lo) {
   return CLI::Validator(
       [lo](std::string& s) -> std::string {
-        size_t used = 0;
         long long v = 0;
-        try {
-          v = std::stoll(s, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (used == 0 || used != s.size() || v < lo)
-          return "must be an integer >= " + std::to_string(lo) + ", got '" + s + "'";
+        if (!parse_whole(s, v) || v < lo) return "must be an integer >= " + std::to_string(lo) + ", got '" + s + "'";
         return {};
       },
       "INT>=" + std::to_string(lo));
@@ -36,15 +42,8 @@ inline CLI::Validator number_bound(double lo, bool strict) {
   lim << (strict ? "> " : ">= ") << lo;
   return CLI::Validator(
       [lo, strict, l = lim.str()](std::string& s) -> std::string {
-        size_t used = 0;
         double v = 0;
-        try {
-          v = std::stod(s, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (used == 0 || used != s.size() || !(strict ? v > lo : v >= lo))
-          return "must be a number " + l + ", got '" + s + "'";
+        if (!parse_whole(s, v) || !(strict ? v > lo : v >= lo)) return "must be a number " + l + ", got '" + s + "'";
         return {};
       },
       "NUMBER" + lim.str());

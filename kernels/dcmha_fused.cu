@@ -2199,7 +2199,7 @@ void dcmha_fused_backward(const DcmhaShape& sh, const Tensor& q, const Tensor& k
     require_timing_builds(ablate != 0 ? "a backward ablation" : pf ? "DCF_DCMHA_FUSED_PF=1" : "DCF_DCMHA_FUSED_HP4");
     DCF_CHECK(sh.N == 16 && sh.D == 64 && ablate >= 0 && ablate <= 6, "dcmha_fused_backward: ablation ", ablate,
               " is not built (1-6, N16 D64 only)");
-    DCF_CHECK(!(pf && hp4) && !(hp4 && ablate != 0), "dcmha_fused_backward: DCF_DCMHA_FUSED_HP4=1 is built alone "
+    DCF_CHECK(!(pf && hp4) && !(hp4 && ablate != 0), "dcmha_fused_backward: DCF_DCMHA_FUSED_HP4 builds run alone "
               "(no prefetch, no ablation)");
 #if DCF_KERNEL_TIMING_BUILDS
     if (hp4 == 2) launch_bwd<16, 64, 0, false, true, false, 4>(a, B, st);
